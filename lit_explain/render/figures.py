@@ -156,16 +156,20 @@ def per_class_accuracy_figure(
     ax.set_yticks(y, names)
     ax.tick_params(axis="y", labelsize=label_pt, length=0)
     ax.invert_yaxis()  # first bar (worst when sorted) at the top, like a ranking
-    ax.set_xlim(0.0, 1.0)
+    annotate = n <= 40
+    # Room right of 1.0 for the value labels; ticks stay within the meaningful [0, 1].
+    ax.set_xlim(0.0, 1.1 if annotate else 1.0)
+    ax.set_xticks(np.linspace(0.0, 1.0, 6))
     ax.set_ylim(n - 0.5, -0.5)
     ax.set_xlabel("accuracy")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     if valid.any():
         ax.axvline(mean, color="black", linestyle="--", linewidth=1.2, label=f"mean {mean:.3f}")
-        ax.legend(loc="lower right", fontsize=8)
-    if n <= 40:
-        for yi, v, ok in zip(y, a, valid, strict=True):
+        # Outside the axes so it never hides bars; constrained layout makes room for it.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    for yi, v, ok in zip(y, a, valid, strict=True):
+        if annotate or not ok:
             ax.text(
                 (v if ok else 0.0) + 0.01, yi, f"{v:.2f}" if ok else "n/a", va="center", fontsize=label_pt
             )
