@@ -23,7 +23,7 @@ LUT_SIZE = 256
 
 _lock = threading.Lock()
 _host_luts: dict[str, Tensor] = {}
-_device_tables: dict[tuple[str, torch.device], Tensor] = {}
+_device_luts: dict[tuple[str, torch.device], Tensor] = {}
 
 
 def colormap_lut(cmap: str = "jet", device: torch.device | str | None = None) -> Tensor:
@@ -36,13 +36,17 @@ def colormap_lut(cmap: str = "jet", device: torch.device | str | None = None) ->
         >>> colormap_lut("viridis").shape
         torch.Size([256, 3])
     """
-    return _table(cmap, torch.device(device) if device is not None else torch.device("cpu"))[:, :3]
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    return _channel_lut(cmap, dev).t().contiguous()  # a copy: callers cannot alter the cache
 
 
 def _host_lut(cmap: str) -> Tensor:
+    """``[3, 256]`` on the CPU: channels first so a lookup yields ``[3, N]`` without a transpose."""
+    if not isinstance(cmap, str):
+        raise TypeError(f"cmap must be a matplotlib colormap name, got {type(cmap).__name__}")
     lut = _host_luts.get(cmap)
     if lut is None:
-        # Imported lazily so that the tensor-only parts of render never pay matplotlib's import.
+        # Imported lazily so that the tensor-only parts of render never pay for matplotlib.
         import matplotlib
         import numpy as np
 
@@ -54,34 +58,30 @@ def _host_lut(cmap: str) -> Tensor:
                 "'jet', 'inferno', 'viridis' or 'turbo'"
             ) from err
         rgba = cm(np.linspace(0.0, 1.0, LUT_SIZE))
-        lut = torch.from_numpy(np.ascontiguousarray(rgba[:, :3])).to(torch.float32)
+        lut = torch.from_numpy(np.ascontiguousarray(rgba[:, :3].T)).to(torch.float32)
         with _lock:
             _host_luts[cmap] = lut
     return lut
 
 
-def _table(cmap: str, device: torch.device) -> Tensor:
-    """``[256, 6]``: the LUT and, next to it, the step to the next entry (for one-gather lerp)."""
-    if not isinstance(cmap, str):
-        raise TypeError(f"cmap must be a matplotlib colormap name, got {type(cmap).__name__}")
+def _channel_lut(cmap: str, device: torch.device) -> Tensor:
     key = (cmap, device)
-    table = _device_tables.get(key)
-    if table is None:
-        lut = _host_lut(cmap)
-        step = torch.zeros_like(lut)
-        step[:-1] = lut[1:] - lut[:-1]
-        table = torch.cat([lut, step], dim=1).to(device)
+    lut = _device_luts.get(key)
+    if lut is None:
+        lut = _host_lut(cmap).to(device)
         with _lock:
-            _device_tables[key] = table
-    return table
+            _device_luts[key] = lut
+    return lut
 
 
 def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
     """Colour ``[0, 1]`` maps with a matplotlib colormap, as a batched tensor lookup.
 
-    Values are linearly interpolated between the 256 table entries, so a value on the grid
-    ``i / 255`` gets exactly matplotlib's colour and values in between blend smoothly. Values
-    outside ``[0, 1]`` are clamped and NaN is treated as 0.
+    Uses matplotlib's own binning (entry ``floor(v * 256)``, the last bin closed), so for the
+    usual 256-colour maps (jet, inferno, viridis, turbo, ...) the result equals
+    ``matplotlib.colormaps[cmap](v)[..., :3]`` for every value in ``[0, 1]``. Values
+    outside ``[0, 1]`` are clamped (matplotlib's default under/over colours) and NaN is treated
+    as 0.
 
     Args:
         maps: ``[B, 1, H, W]`` (or one map ``[1, H, W]`` / ``[H, W]``), any float dtype/device.
@@ -95,13 +95,12 @@ def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
         torch.Size([4, 3, 32, 32])
     """
     m, single = batch_maps(maps)
-    table = _table(cmap, m.device)
-    pos = torch.nan_to_num(m[:, 0], nan=0.0).clamp_(0.0, 1.0) * (LUT_SIZE - 1)
-    idx = pos.floor().clamp_(max=LUT_SIZE - 2)
-    frac = (pos - idx).unsqueeze(-1)
-    rows = table[idx.long()]  # [B, H, W, 6]
-    rgb = rows[..., :3] + frac * rows[..., 3:]
-    return unbatch(rgb.permute(0, 3, 1, 2).contiguous(), single)
+    lut = _channel_lut(cmap, m.device)
+    b, _, h, w = m.shape
+    idx = (torch.nan_to_num(m, nan=0.0).clamp_(0.0, 1.0) * LUT_SIZE).long().clamp_(max=LUT_SIZE - 1)
+    # One gather over all pixels with the channel dim first: [3, B*H*W] -> [B, 3, H, W].
+    rgb = lut.index_select(1, idx.flatten()).view(3, b, h, w).transpose(0, 1).contiguous()
+    return unbatch(rgb, single)
 
 
 def overlay(images01: Tensor, maps: Tensor, alpha: float = 0.5, cmap: str = "jet") -> Tensor:

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,32 +30,45 @@ CaptionColor = Color | bool | None
 """A caption colour: RGB tuple or colour name; ``True``/``False`` for right/wrong; None = default."""
 
 
-def _cells_from_rows(rows: Sequence[Sequence[Tensor | None]] | Tensor) -> list[list[Tensor | None]]:
-    if isinstance(rows, Tensor):
-        if rows.ndim != 5:
-            raise ValueError(f"rows: a tensor must be [R, K, C, H, W], got shape {tuple(rows.shape)}")
-        return [list(row) for row in rows]
-    out: list[list[Tensor | None]] = []
+_Group = tuple[list[tuple[int, int]], Tensor]
+"""Cells of one source size: their (row, column) positions and a ``[n, 3, h, w]`` float32 batch."""
+
+
+def _cell_groups(rows: Sequence[Sequence[Tensor | None]] | Tensor) -> tuple[list[_Group], int, int]:
+    """Cells batched by source size, plus the grid's row and column counts.
+
+    A ``[R, K, C, H, W]`` tensor is one group without any per-cell work; lists are grouped by
+    cell size so that each size is resized in one call.
+    """
+    if isinstance(rows, Tensor | np.ndarray):
+        x = to_float32(as_tensor(rows, "rows"))
+        if x.ndim != 5:
+            raise ValueError(f"rows: a tensor must be [R, K, C, H, W], got shape {tuple(x.shape)}")
+        n_rows, n_cols = x.shape[:2]
+        positions = [(r, k) for r in range(n_rows) for k in range(n_cols)]
+        return [(positions, to_rgb(x.flatten(0, 1)))], n_rows, n_cols
+    by_size: dict[tuple[int, int], tuple[list[tuple[int, int]], list[Tensor]]] = {}
+    device: torch.device | None = None
+    n_cols = 0
     for r, row in enumerate(rows):
-        if isinstance(row, Tensor):
-            if row.ndim != 4:
-                raise ValueError(f"rows[{r}]: a tensor row must be [K, C, H, W], got {tuple(row.shape)}")
-            out.append(list(row))
-        else:
-            out.append([None if c is None else as_tensor(c, f"rows[{r}]") for c in row])
-    return out
+        n_cols = max(n_cols, len(row))
+        for k, cell in enumerate(row):
+            if cell is None:
+                continue
+            x = to_float32(as_tensor(cell, f"rows[{r}][{k}]"))
+            if x.ndim == 2:
+                x = x.unsqueeze(0)
+            if x.ndim != 3:
+                raise ValueError(f"rows[{r}][{k}]: a cell must be [C, H, W] or [H, W], got {tuple(x.shape)}")
+            device = device or x.device  # the first cell decides where the grid is built
+            pos, cells = by_size.setdefault((x.shape[-2], x.shape[-1]), ([], []))
+            pos.append((r, k))
+            cells.append(to_rgb(x).to(device))
+    groups = [(pos, torch.stack(cells)) for pos, cells in by_size.values()]
+    return groups, len(rows), n_cols
 
 
-def _as_cell(cell: Tensor, where: str) -> Tensor:
-    x = to_float32(as_tensor(cell, where))
-    if x.ndim == 2:
-        x = x.unsqueeze(0)
-    if x.ndim != 3:
-        raise ValueError(f"{where}: a cell must be [C, H, W] or [H, W], got shape {tuple(x.shape)}")
-    return to_rgb(x).clamp(0.0, 1.0)
-
-
-def _cell_size(sizes: set[tuple[int, int]], min_cell: int, upscale: str) -> tuple[int, int]:
+def _cell_size(sizes: list[tuple[int, int]], min_cell: int, upscale: str) -> tuple[int, int]:
     h = max(s[0] for s in sizes)
     w = max(s[1] for s in sizes)
     short = min(h, w)
@@ -65,19 +79,12 @@ def _cell_size(sizes: set[tuple[int, int]], min_cell: int, upscale: str) -> tupl
     return round(h * factor), round(w * factor)
 
 
-def _resize_cells(cells: list[Tensor], size: tuple[int, int], mode: str) -> Tensor:
-    """Stack cells to ``[N, 3, *size]``, resizing each group of equal shape in one call."""
-    out = torch.empty(len(cells), 3, *size, device=cells[0].device)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, c in enumerate(cells):
-        groups.setdefault((c.shape[-2], c.shape[-1]), []).append(i)
-    for shape, idx in groups.items():
-        batch = torch.stack([cells[i] for i in idx])
-        if shape != size:
-            kwargs = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
-            batch = F.interpolate(batch, size=size, mode=mode, **kwargs).clamp_(0.0, 1.0)
-        out[idx] = batch
-    return out
+def _prepare(batch: Tensor, size: tuple[int, int], mode: str, dtype: torch.dtype) -> Tensor:
+    """Resize a ``[n, 3, h, w]`` batch to ``size`` and convert it to the canvas dtype."""
+    if tuple(batch.shape[-2:]) != size:
+        kwargs = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
+        batch = F.interpolate(batch, size=size, mode=mode, **kwargs)
+    return to_uint8(batch) if dtype == torch.uint8 else batch.clamp(0.0, 1.0).to(dtype)
 
 
 def _normalise_captions(
@@ -185,42 +192,49 @@ def panel_grid(
         raise ValueError(f"upscale must be 'nearest' or 'bilinear', got {upscale!r}")
     if pad < 0 or min_cell < 0:
         raise ValueError("pad and min_cell must be >= 0")
-    grid_cells = _cells_from_rows(rows)
-    n_rows = len(grid_cells)
-    n_cols = max((len(r) for r in grid_cells), default=0)
-    present = [(r, k, c) for r, row in enumerate(grid_cells) for k, c in enumerate(row) if c is not None]
-    if not present:
+    if dtype != torch.uint8 and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be torch.uint8 or a floating dtype, got {dtype}")
+    groups, n_rows, n_cols = _cell_groups(rows)
+    if not groups:
         raise ValueError("panel_grid needs at least one cell")
-    device = present[0][2].device
-    cells = [_as_cell(c.to(device), f"rows[{r}][{k}]") for r, k, c in present]
-
-    cell_h, cell_w = _cell_size({(c.shape[-2], c.shape[-1]) for c in cells}, min_cell, upscale)
-    resized = _resize_cells(cells, (cell_h, cell_w), upscale)
-
-    bg = rgb(background)
-    bg_t = torch.tensor(bg, dtype=torch.float32, device=device).view(3, 1, 1) / 255.0
-    width = n_cols * cell_w + (n_cols + 1) * pad
-    block = bg_t.expand(n_rows, n_cols, 3, cell_h, cell_w).clone()
-    block[[r for r, _, _ in present], [k for _, k, _ in present]] = resized
-    # [R, K, 3, h, w] -> [R, 3, h, K * (w + pad)]: every cell followed by its right-hand padding.
-    block = F.pad(block, (0, pad), value=0.0)
-    block[..., cell_w:] = bg_t
-    block = block.permute(0, 2, 3, 1, 4).reshape(n_rows, 3, cell_h, n_cols * (cell_w + pad))
-    left = bg_t.expand(n_rows, 3, cell_h, pad)
-    parts = [torch.cat([left, block], dim=-1)]
+    device = groups[0][1].device
+    cell_h, cell_w = _cell_size([tuple(b.shape[-2:]) for _, b in groups], min_cell, upscale)
 
     row_caps, cell_caps = _normalise_captions(captions, n_rows, n_cols)
     if column_titles is not None and len(column_titles) > n_cols:
         raise ValueError(f"got {len(column_titles)} column titles for {n_cols} columns")
+    has_text = row_caps is not None or cell_caps is not None or column_titles is not None
     fs = font_size or (
         max(6, int(caption_height / 1.6)) if caption_height else max(12, min(24, cell_h // 10))
     )
-    strip_h = caption_height or math.ceil(fs * 1.6)
+    strip_h = (caption_height or math.ceil(fs * 1.6)) if has_text else 0
+    caption_h = strip_h if row_caps is not None or cell_caps is not None else 0
+    title_h = strip_h if column_titles is not None else 0
+
+    width = n_cols * cell_w + (n_cols + 1) * pad
+    row_h = cell_h + caption_h + pad
+    top = pad + title_h
+    bg = rgb(background)
+    scale = 1.0 if dtype == torch.uint8 else 1.0 / 255.0
+    canvas = torch.empty(3, top + n_rows * row_h, width, dtype=dtype, device=device)
+    canvas.copy_((torch.tensor(bg, dtype=torch.float32) * scale).to(dtype).view(3, 1, 1).expand_as(canvas))
+    body = canvas[:, top:].view(3, n_rows, row_h, width)
+
+    for positions, batch in groups:
+        cells = _prepare(batch, (cell_h, cell_w), upscale, dtype)
+        if len(positions) == n_rows * n_cols:
+            # Full grid in row-major order: one strided copy; each cell's right-hand padding is
+            # the tail of its (cell_w + pad) slot.
+            slots = body[:, :, :cell_h, pad:].view(3, n_rows, cell_h, n_cols, cell_w + pad)
+            slots[..., :cell_w].copy_(cells.view(n_rows, n_cols, 3, cell_h, cell_w).permute(2, 0, 3, 1, 4))
+            continue
+        for (r, k), cell in zip(positions, cells, strict=True):
+            x0 = pad + k * (cell_w + pad)
+            body[:, r, :cell_h, x0 : x0 + cell_w] = cell
+
     fg = rgb(text_color)
     x_of = [pad + k * (cell_w + pad) for k in range(n_cols)]
-
     strips: list[list[TextBox]] = []
-    drawn: Tensor | None = None
     if row_caps is not None:
         strips = [
             [TextBox(t, pad, width - 2 * pad, _caption_color(_color_at(caption_colors, r, None), fg))]
@@ -238,15 +252,11 @@ def panel_grid(
         strips.append([TextBox(t, x_of[k], cell_w, fg, "center") for k, t in enumerate(column_titles)])
     if strips:
         drawn = torch.from_numpy(draw_strips(strips, width, strip_h, fs, bg)).to(device)
-        drawn = drawn.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # [S, 3, strip_h, width]
-        if row_caps is not None or cell_caps is not None:
-            parts.append(drawn[:n_rows])
-    parts.append(bg_t.expand(n_rows, 3, pad, width))
-    rows_t = torch.cat(parts, dim=2)  # [R, 3, cell_h + caption_h + pad, width]
-    body = rows_t.permute(1, 0, 2, 3).reshape(3, -1, width)
-
-    head = [bg_t.expand(3, pad, width)]
-    if column_titles is not None and drawn is not None:
-        head.append(drawn[-1])
-    out = torch.cat([*head, body], dim=1)
-    return to_uint8(out) if dtype == torch.uint8 else out.to(dtype)
+        drawn = drawn.permute(3, 0, 1, 2)  # [3, S, strip_h, width]
+        if dtype != torch.uint8:
+            drawn = drawn.to(dtype) * scale
+        if caption_h:
+            body[:, :, cell_h : cell_h + caption_h] = drawn[:, :n_rows]
+        if title_h:
+            canvas[:, pad : pad + title_h] = drawn[:, -1]
+    return canvas

@@ -17,10 +17,12 @@ def test_colorize_matches_matplotlib_on_lut_grid(cmap: str) -> None:
     assert np.abs(got - expected).max() <= 1 / 255
 
 
-def test_colorize_interpolates_between_entries_and_sanitises() -> None:
+def test_colorize_equals_matplotlib_everywhere_and_sanitises() -> None:
+    values = torch.rand(1, 1, 64, 64, dtype=torch.float64).float()
+    expected = matplotlib.colormaps["viridis"](values.flatten().double().numpy())[:, :3]
+    got = colorize(values, "viridis")[0].permute(1, 2, 0).reshape(-1, 3).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
     lut = colormap_lut("viridis")
-    mid = colorize(torch.tensor([[0.5 / 255]]), "viridis")
-    torch.testing.assert_close(mid[:, 0, 0], (lut[0] + lut[1]) / 2)
     out = colorize(torch.tensor([[[-1.0, 2.0, float("nan")]]]), "viridis")
     torch.testing.assert_close(out[:, 0, 0], lut[0])
     torch.testing.assert_close(out[:, 0, 1], lut[255])
