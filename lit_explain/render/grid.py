@@ -60,7 +60,8 @@ def _cell_groups(rows: Sequence[Sequence[Tensor | None]] | Tensor) -> tuple[list
                 x = x.unsqueeze(0)
             if x.ndim != 3:
                 raise ValueError(f"rows[{r}][{k}]: a cell must be [C, H, W] or [H, W], got {tuple(x.shape)}")
-            device = device or x.device  # the first cell decides where the grid is built
+            if device is None:
+                device = x.device  # the first cell decides where the grid is built
             pos, cells = by_size.setdefault((x.shape[-2], x.shape[-1]), ([], []))
             pos.append((r, k))
             cells.append(to_rgb(x).to(device))
@@ -115,10 +116,12 @@ def _caption_color(spec: CaptionColor, default: tuple[int, int, int]) -> tuple[i
     return rgb(spec)
 
 
-def _color_at(colors: Sequence | None, r: int, k: int | None) -> CaptionColor:
+def _color_at(colors: Sequence | Tensor | np.ndarray | None, r: int, k: int | None) -> CaptionColor:
     if colors is None:
         return None
     entry = colors[r] if r < len(colors) else None
+    if isinstance(entry, Tensor | np.ndarray | np.generic):
+        entry = entry.tolist()  # e.g. a row of `preds == targets`; also makes 0-d values plain bools
     if k is None or entry is None or isinstance(entry, bool | str) or _is_rgb(entry):
         return entry  # one colour for the whole row
     return entry[k] if k < len(entry) else None
@@ -143,7 +146,7 @@ def panel_grid(
     font_size: int | None = None,
     min_cell: int = 128,
     upscale: Literal["nearest", "bilinear"] = "nearest",
-    caption_colors: Sequence[CaptionColor] | Sequence[Sequence[CaptionColor]] | None = None,
+    caption_colors: Sequence[CaptionColor] | Sequence[Sequence[CaptionColor]] | Tensor | None = None,
     text_color: Color = (0, 0, 0),
     background: Color = (255, 255, 255),
     dtype: torch.dtype = torch.uint8,
@@ -170,7 +173,7 @@ def panel_grid(
         upscale: interpolation for upscaling cells.
         caption_colors: per row (or, with per-cell captions, per row per cell): a colour,
             ``True``/``False`` for :data:`RIGHT_COLOR`/:data:`WRONG_COLOR`, or None for
-            ``text_color``.
+            ``text_color``. A bool tensor such as ``preds == targets`` works directly.
         text_color: default caption and title colour.
         background: colour of padding and caption strips.
         dtype: ``torch.uint8`` (ready for PNG / ``add_image``) or a float dtype for ``[0, 1]``.

@@ -56,6 +56,18 @@ def test_caption_pixels_are_drawn_and_coloured() -> None:
         assert (dominant.int() - target.int()).abs().max() <= 40
 
 
+def test_caption_colors_from_bool_tensors() -> None:
+    rows = torch.zeros(2, 2, 3, 16, 16)
+    by_row = panel_grid(rows, ["x" * 5, "y" * 5], caption_colors=torch.tensor([True, False]), min_cell=64)
+    as_list = panel_grid(rows, ["x" * 5, "y" * 5], caption_colors=[True, False], min_cell=64)
+    assert torch.equal(by_row, as_list)
+    per_cell = [["a", "b"], ["c", "d"]]
+    verdicts = torch.tensor([[True, False], [False, True]])
+    out = panel_grid(rows, per_cell, caption_colors=verdicts, min_cell=64)
+    assert torch.equal(out, panel_grid(rows, per_cell, caption_colors=verdicts.tolist(), min_cell=64))
+    assert not torch.equal(out, panel_grid(rows, per_cell, min_cell=64))
+
+
 def test_per_cell_captions_column_titles_and_truncation() -> None:
     rows = [[torch.rand(3, 32, 32)] * 2]
     long = "an extremely long caption that cannot possibly fit under one small cell"
