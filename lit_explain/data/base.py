@@ -1,0 +1,129 @@
+"""What every lit_explain data module exposes: class names, normalisation, input size and probe samples."""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lit_explain.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+class ExplainableDataModule(L.LightningDataModule, metaclass=ABCMeta):
+    """A LightningDataModule that also describes its data for explanations and checkpoints.
+
+    Subclasses set ``class_names``, ``mean``, ``std``, ``input_size`` and ``in_channels`` and implement
+    :meth:`_build_split` (a dataset of dict samples ``{"image", "label", "index"[, "mask"]}``) and
+    :meth:`split_labels`. The loaders, probe selection and the metadata stored in checkpoints come from here.
+
+    Example:
+        >>> dm = ShapesDataModule(val_size=60)   # any subclass
+        >>> dm.class_names, dm.mean, dm.std       # what checkpoints and explanations need
+        >>> probes = dm.samples(dm.probe_indices(per_class=2))  # a fixed, deterministic probe batch
+    """
+
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: tuple[int, int]
+    in_channels: int = 3
+    has_masks: bool = False
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self._datasets: dict[str, Dataset] = {}
+
+    # -- what subclasses provide -------------------------------------------------------------------
+    @abstractmethod
+    def _build_split(self, split: str) -> Dataset:
+        """Return the dataset of one split ("train", "val" or "test")."""
+
+    @abstractmethod
+    def split_labels(self, split: str) -> torch.Tensor:
+        """Labels (int64 [N]) of a split in dataset order, without decoding images."""
+
+    # -- shared behaviour ---------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a checkpoint needs to rebuild the model and pre-process an image later."""
+        return {
+            "class_names": list(self.class_names),
+            "mean": [float(m) for m in self.mean],
+            "std": [float(s) for s in self.std],
+            "input_size": [int(s) for s in self.input_size],
+            "in_channels": int(self.in_channels),
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, SPLITS) if stage else SPLITS:
+            self.dataset(split)
+
+    def dataset(self, split: str) -> Dataset:
+        """The dataset of a split, built on first use."""
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if split not in self._datasets:
+            self._datasets[split] = self._build_split(split)
+        return self._datasets[split]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def probe_indices(self, per_class: int = 2, max_total: int = 32, split: str = "val") -> list[int]:
+        """Pick fixed probe samples: the first ``per_class`` samples of each class, interleaved by class.
+
+        Deterministic (dataset order only), so the same probes come back in every run and after resuming.
+        """
+        labels = self.split_labels(split)
+        chosen: list[list[int]] = [[] for _ in self.class_names]
+        for idx, label in enumerate(labels.tolist()):
+            if len(chosen[label]) < per_class:
+                chosen[label].append(idx)
+            if all(len(c) >= per_class for c in chosen):
+                break
+        interleaved = [c[r] for r in range(per_class) for c in chosen if r < len(c)]
+        return interleaved[:max_total]
+
+    def samples(self, indices: Sequence[int], split: str = "val") -> dict[str, torch.Tensor]:
+        """Collate the samples at ``indices`` of a split into one batch dict."""
+        from torch.utils.data import default_collate
+
+        data = self.dataset(split)
+        return default_collate([data[i] for i in indices])

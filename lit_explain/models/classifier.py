@@ -1,0 +1,271 @@
+"""ImageClassifier: a LightningModule over a torchvision backbone that remembers how to pre-process."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_explain.data.batch import split_batch
+from lit_explain.errors import ConfigError
+from lit_explain.models.backbones import build_backbone, classifier_head_name
+
+# Hyperparameters that describe the data rather than the model; adopted from the data module in setup().
+DATA_KEYS = ("class_names", "mean", "std", "input_size", "in_channels")
+
+
+class ImageClassifier(L.LightningModule):
+    """Image classification over a torchvision backbone, with everything a checkpoint needs to explain later.
+
+    The checkpoint's hyperparameters hold the class names, normalisation (mean, std), input size and input
+    channels (taken from the data module during ``setup`` when not given), so a checkpoint alone rebuilds
+    the model and pre-processes a new image. ``validation_step`` returns the per-sample loss,
+    probabilities and predictions, so callbacks never run a second forward pass.
+
+    Args:
+        backbone: torchvision model name (``resnet18``, ``resnet34``, ``resnet50``, ``vgg16_bn``, ...).
+        num_classes: number of classes; None takes the data module's.
+        class_names: names of the classes; None takes the data module's.
+        in_channels: input channels of the first convolution; None takes the data module's (default 3).
+        cifar_stem: ResNets only: 3x3 stride-1 first convolution and no max-pool (32x32 inputs).
+        weights: torchvision weights name for the backbone (``"IMAGENET1K_V1"``), or None for random init.
+        weights_path: local state-dict file for the backbone instead of ``weights``.
+        optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``.
+        lr, momentum, nesterov, weight_decay: optimizer settings; weight decay skips biases and norm layers.
+        scheduler: ``"cosine"`` (per step, with linear warm-up), ``"onecycle"`` or ``"none"``.
+        warmup_epochs: linear warm-up length for ``"cosine"``.
+        label_smoothing: cross-entropy label smoothing.
+        mean, std, input_size: normalisation and ``(height, width)``; None takes the data module's.
+        channels_last: train in channels-last memory format (faster convolutions on recent GPUs).
+        compile: run the training/eval forward through ``torch.compile`` (explanations use the plain module).
+
+    Example:
+        >>> model = ImageClassifier("resnet18", num_classes=6, class_names=list("abcdef"))
+        >>> trainer = L.Trainer(max_epochs=1)
+        >>> trainer.fit(model, datamodule=ShapesDataModule())
+        >>> model.net   # the plain torchvision network: explain(model.net, images, layer="layer4")
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        in_channels: int | None = None,
+        cifar_stem: bool = False,
+        weights: str | None = None,
+        weights_path: str | None = None,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        scheduler: Literal["cosine", "onecycle", "none"] = "cosine",
+        warmup_epochs: float = 0.0,
+        label_smoothing: float = 0.0,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        input_size: list[int] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+            raise ConfigError(
+                f"model.num_classes={num_classes} but model.class_names has {len(class_names)} names"
+            )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if lr <= 0:
+            raise ConfigError(f"model.lr must be > 0, got {lr}")
+        self.save_hyperparameters()
+        self.net: nn.Module | None = None
+        if num_classes is not None or class_names is not None:
+            self._build()
+
+    # -- construction -----------------------------------------------------------------------------
+    def _build(self) -> None:
+        hp = self.hparams
+        if hp.num_classes is None:
+            hp.num_classes = len(hp.class_names)
+        if hp.in_channels is None:
+            hp.in_channels = 3
+        self.net = build_backbone(
+            hp.backbone, hp.num_classes, in_channels=hp.in_channels, cifar_stem=hp.cifar_stem,
+            weights=hp.weights, weights_path=hp.weights_path,
+        )
+        if hp.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        # Kept out of the module tree so the state dict holds the weights once, under "net.".
+        self.__dict__["_compiled_net"] = torch.compile(self.net) if hp.compile else None
+        k = min(5, hp.num_classes)
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(hp.num_classes, average="micro"))
+            setattr(self, f"{stage}_acc_top5", MulticlassAccuracy(hp.num_classes, top_k=k, average="micro"))
+
+    def adopt_data_metadata(self, metadata: dict[str, Any]) -> None:
+        """Take class names, normalisation, input size and channels from a data module's ``metadata()``.
+
+        Values given explicitly to the model win; a disagreement in the number of classes or channels is an
+        error, because the head or the first convolution would not fit the data.
+        """
+        hp = self.hparams
+        names = metadata.get("class_names")
+        if names is not None:
+            if hp.num_classes is not None and hp.num_classes != len(names):
+                shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+                raise ConfigError(
+                    f"model.num_classes={hp.num_classes} disagrees with the data module, which has "
+                    f"{len(names)} classes ({shown}). Set model.num_classes={len(names)} or leave it unset."
+                )
+            if hp.class_names is None:
+                hp.class_names = list(names)
+        channels = metadata.get("in_channels")
+        if channels is not None and hp.in_channels is not None and hp.in_channels != channels:
+            raise ConfigError(
+                f"model.in_channels={hp.in_channels} disagrees with the data module's {channels}-channel images"
+            )
+        for key in DATA_KEYS:
+            if hp.get(key) is None and metadata.get(key) is not None:
+                hp[key] = metadata[key]
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "metadata"):
+            self.adopt_data_metadata(datamodule.metadata())
+        if self.net is None:
+            if self.hparams.num_classes is None and self.hparams.class_names is None:
+                raise ConfigError(
+                    "model.num_classes is not set and the data module gives no class_names; set one of them"
+                )
+            self._build()
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names from the checkpoint or data module; ``"0"``, ``"1"``, ... when none were given."""
+        if self.hparams.class_names is not None:
+            return list(self.hparams.class_names)
+        return [str(i) for i in range(self.hparams.num_classes or 0)]
+
+    @property
+    def head_name(self) -> str:
+        """Dotted name of the classifier head inside :attr:`net` (``fc`` for ResNets)."""
+        return classifier_head_name(self.net)
+
+    @property
+    def backbone(self) -> nn.ModuleList:
+        """Every top-level part of :attr:`net` except the part holding the head (for BackboneFinetuning)."""
+        head_top = self.head_name.split(".")[0]
+        return nn.ModuleList(m for name, m in self.net.named_children() if name != head_top)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        compiled = self.__dict__.get("_compiled_net")
+        return compiled(images) if compiled is not None else self.net(images)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing, reduction=reduction)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, labels = split_batch(batch)
+        logits = self(images)
+        loss = self._loss(logits, labels)
+        self.train_acc(logits, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: Any, stage: str) -> dict[str, torch.Tensor]:
+        images, labels = split_batch(batch)
+        logits = self(images)
+        per_sample = self._loss(logits.float(), labels, reduction="none")
+        loss = per_sample.mean()
+        acc, top5 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_acc_top5")
+        acc(logits, labels)
+        top5(logits, labels)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
+        self.log(f"{stage}/acc_top5", top5)
+        probs = logits.float().softmax(dim=1)
+        return {
+            "loss": loss,
+            "per_sample_loss": per_sample.detach(),
+            "logits": logits.detach(),
+            "probs": probs.detach(),
+            "preds": probs.argmax(dim=1),
+            "targets": labels,
+        }
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        images = split_batch(batch)[0] if isinstance(batch, (dict, list, tuple)) else batch
+        probs = self(images).float().softmax(dim=1)
+        confidence, preds = probs.max(dim=1)
+        return {"probs": probs, "preds": preds, "confidence": confidence}
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def _param_groups(self) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for module in self.net.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue  # frozen by BackboneFinetuning; it adds them back itself
+                is_norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
+                (no_decay if is_norm or name == "bias" else decay).append(param)
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        groups = self._param_groups()
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0)
+        elif hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        else:
+            raise ConfigError(f"model.optimizer={hp.optimizer!r} is not supported; choose sgd or adamw")
+        if hp.scheduler == "none":
+            return optimizer
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        if hp.scheduler == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total_steps)
+        elif hp.scheduler == "cosine":
+            steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
+            warmup = min(int(hp.warmup_epochs * steps_per_epoch), total_steps - 1)
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup))
+            if warmup > 0:
+                ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+                scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+            else:
+                scheduler = cosine
+        else:
+            raise ConfigError(f"model.scheduler={hp.scheduler!r} is not supported; choose cosine, onecycle or none")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        metrics = {}
+        if self._trainer is not None:
+            for key in ("train/acc", "val/acc", "test/acc", "val/loss"):
+                value = self.trainer.callback_metrics.get(key)
+                if value is not None:
+                    metrics[key] = float(value)
+        checkpoint["lit_explain"] = {
+            "format": 1,
+            "epoch": checkpoint.get("epoch"),
+            "metrics": metrics,
+            **{key: self.hparams.get(key) for key in DATA_KEYS},
+        }
