@@ -22,7 +22,12 @@ from lit_explain.models.classifier import ImageClassifier
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # Loaded lazily, so `fit` never imports the web server and a broken optional command cannot break training.
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {
+    "export": "lit_explain.models.export:main",
+    "audit": "lit_explain.audit.cli:main",
+    "explain": "lit_explain.inference.cli:main",
+    "serve": "lit_explain.serve.cli:main",
+}
 DEFAULT_RECIPE = "shapes_demo.yaml"
 
 
