@@ -32,6 +32,18 @@ from lit_explain.explain.cam import (
 from lit_explain.explain.guided import GuidedGradCAMResult, guided_backprop, guided_gradcam
 from lit_explain.explain.hooks import LayerCapture, eval_mode
 from lit_explain.explain.layers import LayerNotFoundError, resolve_layer, resolve_layers, unwrap_model
+from lit_explain.explain.metrics import (
+    average_drop,
+    concentration,
+    deletion_auc,
+    drift,
+    energy_pointing_game,
+    explanation_confidence,
+    increase_in_confidence,
+    insertion_auc,
+    perturbation_curve,
+    pointing_game,
+)
 
 __all__ = [
     "CAM",
@@ -48,10 +60,20 @@ __all__ = [
     "LayerNotFoundError",
     "ScoreCAM",
     "XGradCAM",
+    "average_drop",
     "cam",
+    "concentration",
+    "deletion_auc",
+    "drift",
+    "energy_pointing_game",
     "eval_mode",
+    "explanation_confidence",
     "guided_backprop",
     "guided_gradcam",
+    "increase_in_confidence",
+    "insertion_auc",
+    "perturbation_curve",
+    "pointing_game",
     "resolve_layer",
     "resolve_layers",
     "unwrap_model",
