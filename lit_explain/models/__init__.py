@@ -12,3 +12,7 @@ __all__ = [
     "classifier_from_checkpoint",
     "read_checkpoint",
 ]
+
+from lit_explain.models.loading import load_classifier
+
+__all__ += ["load_classifier"]
