@@ -1,4 +1,4 @@
-"""Fixtures for the explanation-engine tests (models live in explain_models.py)."""
+"""Fixtures for the explanation-engine tests (models and helpers live in explain_helpers.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from explain_models import SIZE
+from explain_helpers import SIZE
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,6 +1,6 @@
-"""Small random-init torchvision models for the explanation-engine tests, calibrated.
+"""Helpers for the explanation-engine tests: small calibrated models, model-state snapshots.
 
-Random-init BatchNorm with its default running statistics collapses activations towards zero
+Models are random-init torchvision models, calibrated: random-init BatchNorm with its default running statistics collapses activations towards zero
 (MobileNetV3's last layer outputs ~1e-8), where float32 rounding differences between two correct
 implementations dominate a min-max normalised map. A few train-mode forward passes on random
 images give the BatchNorm layers realistic statistics, so agreement is tested on maps with signal.
@@ -85,3 +85,54 @@ def shared_model(name: str) -> nn.Module:
     if name not in _CACHE:
         _CACHE[name] = make_model(name)
     return _CACHE[name]
+
+
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything an explanation could disturb, copied so later changes show up."""
+    modules = list(model.named_modules(remove_duplicate=False))
+    return {
+        "modules": [(name, id(m), type(m)) for name, m in modules],
+        "children": [(name, dict(m._modules)) for name, m in modules],
+        "training": [m.training for _, m in modules],
+        "inplace": [getattr(m, "inplace", None) for _, m in modules],
+        "hooks": [{attr: dict(getattr(m, attr, {})) for attr in HOOK_DICTS} for _, m in modules],
+        "global_hooks": {a: dict(getattr(nn.modules.module, a)) for a in GLOBAL_HOOKS},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "buffers": {n: b.clone() for n, b in model.named_buffers()},
+        "grad_mode": torch.is_grad_enabled(),
+        "function_modes": torch._C._len_torch_function_stack(),
+    }
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    for key in ("modules", "children", "training", "inplace", "hooks", "global_hooks", "requires_grad"):
+        assert before[key] == after[key], key
+    assert before["grad_mode"] == after["grad_mode"]
+    assert before["function_modes"] == after["function_modes"]
+    for name, grad in before["grads"].items():
+        now = after["grads"][name]
+        assert (grad is None) == (now is None), name
+        if grad is not None:
+            assert torch.equal(grad, now), name  # bitwise
+    for group in ("params", "buffers"):  # BatchNorm running stats and num_batches_tracked included
+        for name, value in before[group].items():
+            assert torch.equal(value, after[group][name]), name

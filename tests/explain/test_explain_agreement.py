@@ -10,7 +10,7 @@ What is compared, and why:
   images where its sign agrees with ours and against our flipped map where it does not.
 - Grad-CAM raw maps against captum's LayerGradCam(relu_attributions=True), at the layer resolution.
 - Guided backprop against captum's GuidedBackprop, which only overrides nn.ReLU modules: DenseNet's
-  final functional relu is compared through a module-relu twin (see explain_models.ModuleReluDenseNet).
+  final functional relu is compared through a module-relu twin (see explain_helpers.ModuleReluDenseNet).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import GuidedBackprop, GuidedGradCam, LayerGradCam
-from explain_models import LAYERS, SIZE, make_model, shared_model
+from explain_helpers import LAYERS, SIZE, make_model, shared_model
 from pytorch_grad_cam import (
     EigenCAM,
     GradCAM,

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from explain_models import shared_model
+from explain_helpers import shared_model
 from torch import nn
 from torchvision import models
 
