@@ -1,0 +1,140 @@
+"""``python -m lit_explain audit``: the audit report of a checkpoint, from the command line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from lit_explain.audit.run import AuditOptions, audit_checkpoint
+from lit_explain.errors import ConfigError, LitExplainError
+from lit_explain.explain import METHODS
+
+EPILOG = """\
+data: taken from the checkpoint's training config (config.yaml in its log dir, or the data-module
+hyperparameters saved in the checkpoint). Override single data settings with --data.NAME VALUE
+(e.g. --data.data_dir /data/cifar-100-python --data.batch_size 128) or give a whole
+--data_config FILE (YAML with data: {class_path: ..., init_args: {...}}).
+
+example:
+  python -m lit_explain audit --ckpt_path lightning_logs/shapes_demo/version_0/checkpoints/last.ckpt
+  python -m lit_explain audit --ckpt_path best.ckpt --split test --output audit_best --compare_to audit_prev
+"""
+
+
+def build_parser() -> ArgumentParser:
+    """The audit command's argument parser (``--help``, ``--config`` and ``--print_config`` work)."""
+    p = ArgumentParser(
+        prog="python -m lit_explain audit",
+        description="Audit a checkpoint: per-class accuracy, confusions, where it looks when right and wrong, "
+        "whether those maps are trustworthy, and what to change next.",
+        epilog=EPILOG,
+        exit_on_error=False,
+    )
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
+    p.add_argument(
+        "--ckpt_path",
+        type=str,
+        required=True,
+        help="checkpoint (.ckpt, or a plain weights file with --backbone)",
+    )
+    p.add_argument("--split", type=str, default="val", help="split to audit: val, test or train")
+    p.add_argument(
+        "--output", type=str | None, default=None, help="report directory (default: next to the checkpoint)"
+    )
+    p.add_argument("--overwrite", type=bool, default=False, help="replace an existing report directory")
+    p.add_argument(
+        "--layer", type=str | None, default=None, help="layer to explain (default: the last spatial layer)"
+    )
+    p.add_argument("--method", type=str, default="gradcam", help=f"CAM method: {', '.join(METHODS)}")
+    p.add_argument("--classes", type=list[str] | None, default=None, help="only these classes (names or ids)")
+    p.add_argument("--max_samples", type=int | None, default=None, help="audit at most this many samples")
+    p.add_argument("--compare_to", type=str | None, default=None, help="another audit report to compare with")
+    p.add_argument("--data_config", type=str | None, default=None, help="YAML file with the data section")
+    p.add_argument("--backbone", type=str | None, default=None, help="architecture of a plain weights file")
+    p.add_argument(
+        "--device", type=str | None, default=None, help="cpu or cuda (default: cuda when available)"
+    )
+    p.add_argument("--batch_size", type=int, default=256, help="inference batch size")
+    p.add_argument("--cam_batch_size", type=int, default=64, help="images per CAM batch")
+    p.add_argument("--num_workers", type=int, default=0, help="data loader workers")
+    p.add_argument(
+        "--quality_samples",
+        type=int,
+        default=32,
+        help="probe images for deletion/insertion and randomisation",
+    )
+    p.add_argument("--progress", type=bool, default=True, help="show progress bars")
+    return p
+
+
+def split_data_overrides(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Take ``--data.NAME VALUE`` / ``--data.NAME=VALUE`` out of argv; values are read as YAML scalars.
+
+    Example:
+        >>> split_data_overrides(["--split", "test", "--data.val_size=64"])
+        (['--split', 'test'], {'val_size': 64})
+    """
+    rest: list[str] = []
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--data."):
+            key, eq, value = arg[len("--data.") :].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{arg} needs a value")
+                value = argv[i + 1]
+                i += 1
+            overrides[key] = yaml.safe_load(value) if value != "" else ""
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the audit command; returns the exit code (2 for user errors, printed without a traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rest, overrides = split_data_overrides(argv)
+        parser = build_parser()
+        try:
+            cfg = parser.parse_args(rest)
+        except Exception as exc:  # jsonargparse's ArgumentError: a bad or missing option
+            raise ConfigError(f"{exc}\n(see python -m lit_explain audit --help)") from None
+        options = AuditOptions(
+            split=cfg.split,
+            layer=cfg.layer,
+            method=cfg.method,
+            classes=cfg.classes,
+            max_samples=cfg.max_samples,
+            batch_size=cfg.batch_size,
+            cam_batch_size=cfg.cam_batch_size,
+            num_workers=cfg.num_workers,
+            quality_samples=cfg.quality_samples,
+            progress=cfg.progress,
+            overwrite=cfg.overwrite,
+            compare_to=cfg.compare_to,
+        )
+        report = audit_checkpoint(
+            cfg.ckpt_path,
+            cfg.output,
+            options,
+            data_config=cfg.data_config,
+            data_overrides=overrides,
+            backbone=cfg.backbone,
+            device=cfg.device,
+        )
+    except LitExplainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"audit of {cfg.ckpt_path} on {report['split']} ({report['num_samples']} samples): accuracy "
+        f"{report['accuracy']:.4f}; {len(report['recommendations'])} recommendation(s); "
+        f"{report['timing']['total_s']:.1f} s\nreport: {report['path']}/index.html"
+    )
+    return 0
