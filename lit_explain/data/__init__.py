@@ -8,3 +8,7 @@ __all__ = ["SHAPE_NAMES", "ExplainableDataModule", "ShapesDataModule", "ShapesDa
 from lit_explain.data.cifar100 import CIFAR100_MEAN, CIFAR100_STD, Cifar100DataModule
 
 __all__ += ["CIFAR100_MEAN", "CIFAR100_STD", "Cifar100DataModule"]
+
+from lit_explain.data.plants import PlantDataModule
+
+__all__ += ["PlantDataModule"]
