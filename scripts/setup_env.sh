@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
-want=$(cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)
+want=$("$python" scripts/env_key.py)
 stamp="$venv/.lit_explain-env"
 
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
