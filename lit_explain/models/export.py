@@ -1,0 +1,118 @@
+"""``python -m lit_explain export``: a lit_explain checkpoint -> the plain file the plant notebook used.
+
+The plain file holds ``model_state_dict`` (the torchvision network's own keys, ``conv1.weight`` ...),
+``class_names``, ``train_acc``, ``val_acc``, ``test_acc`` and ``epoch``, plus what lit_explain needs to load it
+again without guessing (``backbone``, ``cifar_stem``, ``in_channels``, ``mean``, ``std``, ``input_size``);
+tools that expect only the notebook's keys ignore the extra ones.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentParser
+
+from lit_explain.errors import LitExplainError
+from lit_explain.models.loading import CheckpointError, is_lightning_checkpoint, read_checkpoint
+
+
+def plain_export(checkpoint: dict[str, Any], source: str = "<checkpoint>") -> dict[str, Any]:
+    """Convert a loaded lit_explain checkpoint dict into the plain format (tensors on the CPU)."""
+    if not is_lightning_checkpoint(checkpoint):
+        raise CheckpointError(
+            f"{source!r} is not a lit_explain checkpoint (no 'state_dict' and 'hyper_parameters'); "
+            "export converts a .ckpt written by `python -m lit_explain fit`"
+        )
+    hp = checkpoint["hyper_parameters"]
+    extra = checkpoint.get("lit_explain") or {}
+    metrics = extra.get("metrics") or {}
+    state = {
+        k[len("net.") :]: v.detach().cpu()
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("net.")
+    }
+    if not state:
+        raise CheckpointError(f"{source!r} has no network weights (no 'net.' keys in its state_dict)")
+    class_names = hp.get("class_names") or extra.get("class_names")
+    if class_names is None and hp.get("num_classes"):
+        class_names = [str(i) for i in range(int(hp["num_classes"]))]
+
+    def metric(name: str) -> float | None:
+        value = metrics.get(f"{name}/acc")
+        return float(value) if value is not None else None
+
+    return {
+        "model_state_dict": state,
+        "class_names": list(class_names) if class_names is not None else None,
+        "train_acc": metric("train"),
+        "val_acc": metric("val"),
+        "test_acc": metric("test"),
+        "epoch": extra.get("epoch", checkpoint.get("epoch")),
+        "backbone": hp.get("backbone"),
+        "cifar_stem": bool(hp.get("cifar_stem", False)),
+        "in_channels": hp.get("in_channels") or extra.get("in_channels"),
+        "mean": hp.get("mean") or extra.get("mean"),
+        "std": hp.get("std") or extra.get("std"),
+        "input_size": hp.get("input_size") or extra.get("input_size"),
+    }
+
+
+def save_atomic(obj: Any, output: Path, overwrite: bool = False) -> None:
+    """``torch.save`` to a temporary file beside ``output``, then rename: never a half-written file."""
+    if output.exists() and not overwrite:
+        raise LitExplainError(f"{output} exists; pass --overwrite to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_checkpoint(ckpt_path: str | Path, output: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Write the plain file for ``ckpt_path`` to ``output``; returns what was written.
+
+    Example:
+        >>> export_checkpoint("lightning_logs/plant_resnet18/version_0/checkpoints/last.ckpt", "model.pth")
+        >>> load_classifier("model.pth")   # the backbone name travels in the file
+    """
+    plain = plain_export(read_checkpoint(ckpt_path), str(ckpt_path))
+    save_atomic(plain, Path(output), overwrite=overwrite)
+    return plain
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m lit_explain export",
+        description="Convert a lit_explain checkpoint into a plain {model_state_dict, class_names, train_acc, "
+        "val_acc, test_acc, epoch} file (the plant notebook's format).",
+    )
+    parser.add_argument("--config", action="config", help="a YAML file with these options")
+    parser.add_argument(
+        "--ckpt_path", type=str, required=True, help="lit_explain checkpoint (.ckpt) to convert"
+    )
+    parser.add_argument("--output", type=str, required=True, help="file to write (e.g. model.pth)")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace --output when it exists")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m lit_explain export``."""
+    args = build_parser().parse_args(argv if argv is not None else sys.argv[1:])
+    plain = export_checkpoint(args.ckpt_path, args.output, overwrite=args.overwrite)
+    accs = ", ".join(
+        f"{k}={plain[k]:.4f}" for k in ("train_acc", "val_acc", "test_acc") if plain.get(k) is not None
+    )
+    print(
+        f"wrote {args.output}: {plain['backbone']}, {len(plain['class_names'] or [])} classes, "
+        f"epoch {plain['epoch']}{', ' + accs if accs else ''}"
+    )
+    return 0
