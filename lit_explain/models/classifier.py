@@ -175,8 +175,10 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, labels = split_batch(batch)
         logits = self(images)
+        # MixUp/CutMix batches carry label probabilities [B, C]; cross-entropy takes them as they are and
+        # accuracy counts against the dominant class.
         loss = self._loss(logits, labels)
-        self.train_acc(logits, labels)
+        self.train_acc(logits, labels.argmax(dim=1) if labels.is_floating_point() else labels)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss

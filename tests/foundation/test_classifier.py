@@ -97,3 +97,13 @@ def test_non_checkpoint_files_give_clear_errors(tmp_path):
     torch.save({"weights": torch.zeros(2)}, plain)
     with pytest.raises(CheckpointError, match="not a lit_explain checkpoint"):
         classifier_from_checkpoint(plain)
+
+
+def test_training_step_accepts_mixed_soft_labels():
+    model = ImageClassifier(num_classes=4, label_smoothing=0.1)
+    model.log = lambda *args, **kwargs: None  # no trainer attached
+    images = torch.randn(3, 3, 32, 32)
+    soft = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.4, 0.6]])
+    loss = model.training_step({"image": images, "label": soft}, 0)
+    hard = model.training_step({"image": images, "label": torch.tensor([0, 1, 3])}, 0)
+    assert loss.ndim == 0 and torch.isfinite(loss) and not torch.equal(loss, hard)
