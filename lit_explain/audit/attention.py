@@ -41,6 +41,7 @@ class Maps:
     true: Tensor  # [B, 1, H, W] in [0, 1]
     pred: Tensor
     layer: str
+    raw_size: tuple[int, int]  # the layer's spatial resolution
 
 
 def explain_batch(
@@ -55,7 +56,21 @@ def explain_batch(
     wrong = torch.nonzero(preds != labels).flatten()
     if wrong.numel():
         pred_maps[wrong] = cam(net, images[wrong], layer=layer, targets=preds[wrong], method=method).maps
-    return Maps(first.maps, pred_maps, first.layers[0])
+    raw = first.raw[0] if isinstance(first.raw, tuple) else first.raw
+    return Maps(first.maps, pred_maps, first.layers[0], (int(raw.shape[-2]), int(raw.shape[-1])))
+
+
+def reference_concentration(raw_size: tuple[int, int], size: tuple[int, int]) -> float:
+    """Concentration of the sharpest map a layer can give: one active cell, upsampled like a CAM.
+
+    CAMs of a coarse layer (2x2 at layer4 for 64 px inputs) are smooth by construction; comparing with this
+    reference keeps "diffuse" meaning the same at every layer resolution.
+    """
+    raw = torch.zeros(1, 1, *raw_size)
+    raw[0, 0, raw_size[0] // 2, raw_size[1] // 2] = 1.0
+    up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
+    up = (up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)
+    return float(concentration(up)[0])
 
 
 def sample_stats(maps: Maps, masks: Tensor | None) -> dict[str, Tensor]:

@@ -14,7 +14,9 @@ TOP5_PAIR_SHARE = 0.3
 WEAK_CLASS_GAP = 0.15  # accuracy below the mean by more than this
 ENERGY_MARGIN = 1.5  # energy inside the mask should beat the mask's area share by this factor
 POINTING_LIMIT = 0.5
-DIFFUSE_LIMIT = 0.05  # concentration (1 - normalised entropy) under which a map counts as diffuse
+DIFFUSE_LIMIT = (
+    0.3  # concentration relative to one active cell of the layer, under which maps count as diffuse
+)
 RANDOMISATION_LIMIT = 0.5  # Spearman correlation with the randomised model's maps
 GENERALISATION_GAP = 0.15
 
@@ -186,15 +188,17 @@ def recommend(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                 )
             )
 
-    conc = overall.get("concentration_pred")
-    if _ok(conc) and conc < DIFFUSE_LIMIT:
+    conc, rel = overall.get("concentration_pred"), att.get("concentration_relative")
+    if _ok(conc) and _ok(rel) and rel < DIFFUSE_LIMIT:
         out.append(
             _rec(
                 "diffuse_attention",
                 "low",
-                f"attention is diffuse: mean concentration {conc:.3f} (1 = one pixel, 0 = uniform; below {DIFFUSE_LIMIT})",
+                f"attention is diffuse: mean concentration {conc:.3f}, {rel:.0%} of what one active cell of "
+                f"{att['layer']} ({'x'.join(map(str, att['layer_resolution']))}) gives "
+                f"({att['concentration_reference']:.3f}; below {DIFFUSE_LIMIT:.0%} counts as diffuse)",
                 "train longer or with stronger augmentation; for finer maps explain an earlier layer (--layer)",
-                {"concentration": conc},
+                {"concentration": conc, "relative": rel, "reference": att["concentration_reference"]},
             )
         )
 

@@ -22,6 +22,7 @@ from lit_explain.audit.attention import (
     faithfulness,
     fixed_region,
     randomisation_check,
+    reference_concentration,
     sample_stats,
     thumbnails,
 )
@@ -369,6 +370,8 @@ def _audit_into(
     panels: dict[int, str] = {}
     pair_files: dict[int, str] = {}
     layer_name = options.layer
+    raw_size: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = None
     (tmp / "worst_predictions").mkdir()
     batches = _batches(groups, options.cam_batch_size)
     for batch_groups in tqdm(
@@ -379,7 +382,7 @@ def _audit_into(
         maps = explain_batch(
             net, images, result.labels[unique], result.preds[unique], options.layer, options.method
         )
-        layer_name = maps.layer
+        layer_name, raw_size, image_size = maps.layer, maps.raw_size, tuple(images.shape[-2:])
         store.add(unique, sample_stats(maps, masks), thumbnails(maps.pred))
         for i, p in enumerate(unique):
             if p in probe_set:
@@ -450,7 +453,11 @@ def _audit_into(
         tmp / PROBE_FILE,
     )
 
+    reference = reference_concentration(raw_size, image_size) if raw_size and image_size else float("nan")
     attention = {
+        "concentration_reference": reference,
+        "concentration_relative": overall.get("concentration_pred", float("nan")) / reference,
+        "layer_resolution": list(raw_size or ()),
         "method": options.method,
         "layer": layer_name,
         "has_masks": "energy_in_mask" in values,
