@@ -1,0 +1,207 @@
+"""ConfusionMatrix: the validation confusion matrix, per-class accuracy and most-confused pairs in TensorBoard."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from lit_explain.callbacks import _logging as tb
+from lit_explain.errors import ConfigError
+from lit_explain.render import (
+    confused_pairs_table,
+    confusion_matrix_figure,
+    figure_to_tensor,
+    markdown_table,
+    per_class_accuracy_figure,
+)
+
+
+def per_class_accuracy(cm: Tensor) -> Tensor:
+    """Recall of each class from a ``[C, C]`` matrix (rows true): ``diag / row sum``, NaN for absent classes."""
+    cm = cm.double()
+    support = cm.sum(dim=1)
+    return torch.where(
+        support > 0, cm.diagonal() / support.clamp_min(1), torch.full_like(support, float("nan"))
+    )
+
+
+def worst_k_mean(acc: Tensor, k: int) -> float:
+    """Mean accuracy of the ``k`` worst classes that have samples (NaN when none has)."""
+    present = acc[~acc.isnan()]
+    if present.numel() == 0:
+        return float("nan")
+    return float(present.sort().values[: min(k, present.numel())].mean())
+
+
+class ConfusionMatrix(Callback):
+    """Accumulate the confusion matrix during validation and log figures, a table and scalars per epoch.
+
+    The matrix is a torchmetrics :class:`~torchmetrics.classification.MulticlassConfusionMatrix` kept on
+    the model's device and fed from ``validation_step``'s ``preds`` and ``targets`` (no extra forward,
+    no host synchronisation per batch); torchmetrics sums it across DDP ranks when computed, which all
+    ranks do at epoch end. The global-zero rank then logs to every TensorBoard logger:
+
+    * ``val/confusion_matrix``: the matrix as a figure (rows true, columns predicted), with class-name
+      ticks and per-cell numbers only when the classes are few (readable at 100 classes);
+    * ``val/per_class_accuracy``: a sorted bar chart of per-class accuracy;
+    * ``val/confused_pairs``: a text table of the ``top_n_pairs`` most confused (true -> predicted) pairs;
+    * scalars ``val/overall_acc`` and ``val/worst{worst_k}_class_acc``.
+
+    Tags start with ``test/`` during ``trainer.test``. The sanity check is skipped.
+
+    Args:
+        normalize: row-normalise the matrix figure (per-true-class rates) instead of raw counts.
+        top_n_pairs: how many confused pairs the table lists.
+        worst_k: how many of the worst classes the ``worst{k}_class_acc`` scalar averages.
+
+    Example (YAML, under ``trainer.callbacks``)::
+
+        - class_path: lit_explain.callbacks.ConfusionMatrix
+          init_args: {normalize: true, top_n_pairs: 10, worst_k: 5}
+
+    Example (Python):
+        >>> trainer = L.Trainer(callbacks=[ConfusionMatrix(normalize=False)])
+    """
+
+    def __init__(self, normalize: bool = True, top_n_pairs: int = 10, worst_k: int = 5) -> None:
+        super().__init__()
+        if top_n_pairs < 1 or worst_k < 1:
+            raise ConfigError(
+                f"ConfusionMatrix: top_n_pairs and worst_k must be >= 1, got {top_n_pairs}, {worst_k}"
+            )
+        self.normalize = normalize
+        self.top_n_pairs = top_n_pairs
+        self.worst_k = worst_k
+        self.metric: MulticlassConfusionMatrix | None = None
+        self.last_matrix: Tensor | None = None
+        self.last_scalars: dict[str, float] = {}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(normalize=self.normalize, worst_k=self.worst_k)
+
+    # -- collection --------------------------------------------------------------------------------
+    def _start(self, pl_module: L.LightningModule) -> None:
+        num_classes = _num_classes(pl_module)
+        if self.metric is None or self.metric.num_classes != num_classes:
+            self.metric = MulticlassConfusionMatrix(num_classes=num_classes, validate_args=False)
+        self.metric = self.metric.to(pl_module.device)
+        self.metric.reset()
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._start(pl_module)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(pl_module)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._update(outputs)
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._update(outputs)
+
+    def _update(self, outputs: Any) -> None:
+        if not isinstance(outputs, Mapping) or "preds" not in outputs or "targets" not in outputs:
+            raise ConfigError(
+                "ConfusionMatrix needs validation_step/test_step to return a dict with 'preds' and 'targets' "
+                "(as lit_explain's ImageClassifier does)"
+            )
+        assert self.metric is not None
+        self.metric.update(outputs["preds"], outputs["targets"])
+
+    # -- epoch end ---------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._compute_and_log(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._compute_and_log(trainer, pl_module)
+
+    def _compute_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.metric is None:
+            return
+        cm = self.metric.compute()  # every rank: torchmetrics sums the matrices across processes here
+        self.metric.reset()
+        if not tb.is_logging_rank(trainer):
+            return
+        cm = cm.detach().cpu().long()
+        self.last_matrix = cm
+        names = _names(pl_module, cm.shape[0])
+        prefix = tb.stage_prefix(trainer)
+        acc = per_class_accuracy(cm)
+        total = int(cm.sum())
+        scalars = {
+            f"{prefix}/overall_acc": float(cm.diagonal().sum()) / total if total else float("nan"),
+            f"{prefix}/worst{self.worst_k}_class_acc": worst_k_mean(acc, self.worst_k),
+        }
+        tb.add_scalars(trainer, scalars)
+        self.last_scalars = scalars
+        tb.add_image(
+            trainer,
+            f"{prefix}/confusion_matrix",
+            figure_to_tensor(
+                confusion_matrix_figure(
+                    cm, names, normalize=self.normalize, title=f"Confusion matrix ({prefix})"
+                )
+            ),
+        )
+        tb.add_image(
+            trainer,
+            f"{prefix}/per_class_accuracy",
+            figure_to_tensor(
+                per_class_accuracy_figure(acc, names, sorted=True, title=f"Per-class accuracy ({prefix})")
+            ),
+        )
+        pairs = confused_pairs_table(cm, names, top_n=self.top_n_pairs)
+        support = cm.sum(dim=1)
+        rows = [
+            (names[p.true_idx], names[p.pred_idx], p.count, p.count / max(int(support[p.true_idx]), 1))
+            for p in pairs
+        ]
+        text = (
+            markdown_table(rows, ["true", "predicted", "count", "share of true class"])
+            if rows
+            else "no confusions: every sample was classified correctly"
+        )
+        tb.add_text(trainer, f"{prefix}/confused_pairs", text)
+        tb.flush(trainer)
+
+
+def _num_classes(pl_module: L.LightningModule) -> int:
+    hp = getattr(pl_module, "hparams", {})
+    n = hp.get("num_classes") or (len(hp["class_names"]) if hp.get("class_names") else None)
+    dm = getattr(getattr(pl_module, "_trainer", None), "datamodule", None)
+    if n is None and dm is not None and hasattr(dm, "num_classes"):
+        n = dm.num_classes
+    if not n:
+        raise ConfigError("ConfusionMatrix: cannot tell the number of classes; set model.num_classes")
+    return int(n)
+
+
+def _names(pl_module: L.LightningModule, n: int) -> list[str]:
+    names = getattr(pl_module, "class_names", None)
+    return [str(c) for c in names] if names and len(names) == n else [str(i) for i in range(n)]

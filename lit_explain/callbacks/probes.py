@@ -1,0 +1,321 @@
+"""ProbeHeatmaps: the same probe images explained every epoch, so TensorBoard shows where attention moves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torch.utils.data import default_collate
+
+from lit_explain.callbacks import _logging as tb
+from lit_explain.callbacks._panels import class_name, display_images, explain_batch, render_rows
+from lit_explain.data.batch import split_batch
+from lit_explain.errors import ConfigError
+from lit_explain.explain.metrics import drift, energy_pointing_game, pointing_game
+
+UNKNOWN_LABEL = -1
+
+
+class ProbeHeatmaps(Callback):
+    """Explain a fixed probe set after every ``every_n_epochs``-th validation and log one captioned grid.
+
+    Per probe the grid shows: the image | the CAM of the predicted class | the CAM of the true class |
+    Guided Grad-CAM of the predicted class, captioned with the true class, the predicted class and its
+    confidence (green when right, red when wrong). Scalars, on the maps of ``scalar_target``:
+
+    * ``explain/drift``: ``1 - mean Pearson correlation`` with the previous validation's maps;
+    * ``explain/energy_in_mask`` and ``explain/pointing_game`` where the samples carry object masks
+      (the shapes data module): the share of the map's energy on the object, and how often its peak is.
+
+    The probe set is chosen once, deterministically: by default the data module's ``probe_indices``
+    (``per_class`` per class of the validation split, at most ``max_probes``); or dataset indices of
+    ``split``; or image files (their label is the parent folder's name when it is a class name). The
+    probe ids and the previous maps are saved in checkpoints, so a resumed run explains the same
+    probes and continues the drift series. Explanations run on the global-zero rank only, on
+    ``pl_module.net``, in eval mode with a private autograd session: training is not perturbed. The
+    sanity check is skipped. During ``trainer.test`` the tags are ``explain/test/...``.
+
+    Args:
+        probes: dataset indices of ``split`` or image file paths; None picks them from the data module.
+        per_class: probes per class when picking automatically.
+        max_probes: upper bound on the number of probes (picked or given).
+        split: the data module split the indices refer to.
+        every_n_epochs: explain after every n-th training epoch's validation (always in validate/test).
+        layer: the layer to explain (dotted name inside ``pl_module.net``); None = automatic (the last
+            spatial layer, ``layer4`` for ResNets).
+        method: a CAM method of :mod:`lit_explain.explain` (``gradcam``, ``gradcam++``, ``layercam`` ...).
+        scalar_target: which maps the scalars use: ``"pred"`` (where the model looks for its decision)
+            or ``"true"`` (its evidence for the right class).
+        alpha: heatmap opacity in the overlays.
+        cmap: matplotlib colormap of the heatmaps.
+        min_cell: the short side of each grid cell in pixels (small images are upscaled to it).
+
+    Example (YAML, under ``trainer.callbacks``)::
+
+        - class_path: lit_explain.callbacks.ProbeHeatmaps
+          init_args: {per_class: 2, max_probes: 32, every_n_epochs: 1, layer: layer3}
+
+    Example (Python):
+        >>> trainer = L.Trainer(callbacks=[ProbeHeatmaps(probes=[0, 5, 9], layer="layer3")])
+    """
+
+    def __init__(
+        self,
+        probes: list[int] | list[str] | None = None,
+        per_class: int = 2,
+        max_probes: int = 32,
+        split: Literal["train", "val", "test"] = "val",
+        every_n_epochs: int = 1,
+        layer: str | None = None,
+        method: str = "gradcam",
+        scalar_target: Literal["pred", "true"] = "pred",
+        alpha: float = 0.5,
+        cmap: str = "jet",
+        min_cell: int = 128,
+    ) -> None:
+        super().__init__()
+        if per_class < 1 or max_probes < 1:
+            raise ConfigError(
+                f"ProbeHeatmaps: per_class and max_probes must be >= 1, got {per_class}, {max_probes}"
+            )
+        if every_n_epochs < 1:
+            raise ConfigError(f"ProbeHeatmaps: every_n_epochs must be >= 1, got {every_n_epochs}")
+        if scalar_target not in ("pred", "true"):
+            raise ConfigError(f"ProbeHeatmaps: scalar_target must be 'pred' or 'true', got {scalar_target!r}")
+        if probes is not None:
+            if len(probes) == 0:
+                raise ConfigError(
+                    "ProbeHeatmaps: probes is an empty list; give indices or paths, or leave it unset"
+                )
+            kinds = {isinstance(p, str) for p in probes}
+            if len(kinds) > 1:
+                raise ConfigError(
+                    "ProbeHeatmaps: probes mixes dataset indices and image paths; give one kind"
+                )
+            if len(probes) > max_probes:
+                raise ConfigError(f"ProbeHeatmaps: {len(probes)} probes given but max_probes={max_probes}")
+        self.probes = list(probes) if probes is not None else None
+        self.per_class = per_class
+        self.max_probes = max_probes
+        self.split = split
+        self.every_n_epochs = every_n_epochs
+        self.layer = layer
+        self.method = method
+        self.scalar_target = scalar_target
+        self.alpha = alpha
+        self.cmap = cmap
+        self.min_cell = min_cell
+        self.probe_ids: list[int] | list[str] | None = None
+        self.prev_maps: Tensor | None = None
+        self.last_scalars: dict[str, float] = {}
+        self._batch: dict[str, Tensor] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(split=self.split, layer=self.layer, method=self.method)
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        fitting = trainer.state.fn == "fit"
+        if fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        self._explain_and_log(trainer, pl_module, update_drift=True)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._explain_and_log(trainer, pl_module, update_drift=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "probe_ids": list(self.probe_ids) if self.probe_ids is not None else None,
+            "split": self.split,
+            "prev_maps": self.prev_maps,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ids = state_dict.get("probe_ids")
+        if ids is not None and self.probes is not None and list(ids) != list(self.probes):
+            rank_zero_warn(
+                "ProbeHeatmaps: the checkpoint's probe set differs from the configured `probes`; keeping the "
+                "checkpoint's so the drift series stays comparable"
+            )
+        self.probe_ids = list(ids) if ids is not None else None
+        self.split = state_dict.get("split", self.split)
+        prev = state_dict.get("prev_maps")
+        self.prev_maps = prev.detach().cpu().clone() if prev is not None else None
+        self._batch = None
+
+    # -- work --------------------------------------------------------------------------------------
+    def _explain_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule, update_drift: bool) -> None:
+        if not tb.is_logging_rank(trainer):
+            return
+        batch = self._probe_batch(trainer, pl_module)
+        images, labels = batch["image"], batch["label"]
+        net = getattr(pl_module, "net", None)
+        net = pl_module if net is None else net
+        explained = explain_batch(net, images, labels.clamp_min(0), self.layer, self.method)
+        # Images without a known label are explained for their predicted class in the "true" column too.
+        known = labels >= 0
+        true_maps = torch.where(known.view(-1, 1, 1, 1), explained.true_maps, explained.pred_maps)
+        explained = type(explained)(
+            explained.probs, explained.preds, explained.pred_maps, true_maps, explained.guided
+        )
+
+        names = _class_names(pl_module, explained.probs.shape[1])
+        conf = explained.probs.gather(1, explained.preds[:, None])[:, 0].tolist()
+        captions = [
+            f"{pid}  true: {class_name(names, t) if t >= 0 else '?'} | pred: {class_name(names, p)} ({c:.2f})"
+            for pid, t, p, c in zip(
+                self._short_ids(), labels.tolist(), explained.preds.tolist(), conf, strict=True
+            )
+        ]
+        correct = (explained.preds == labels) | ~known
+        hp = getattr(pl_module, "hparams", {})
+        grid = render_rows(
+            display_images(images, hp.get("mean"), hp.get("std")),
+            explained,
+            captions,
+            correct,
+            alpha=self.alpha,
+            cmap=self.cmap,
+            min_cell=self.min_cell,
+        )
+        tb.add_image(trainer, tb.explain_tag(trainer, "probes"), grid)
+
+        maps = explained.pred_maps if self.scalar_target == "pred" else true_maps
+        scalars: dict[str, float] = {}
+        if self.prev_maps is not None and self.prev_maps.shape == maps.shape:
+            scalars[tb.explain_tag(trainer, "drift")] = float(drift(self.prev_maps.to(maps.device), maps))
+        masks = batch.get("mask")
+        if masks is not None:
+            masks = masks.to(maps.device).bool()
+            scalars[tb.explain_tag(trainer, "energy_in_mask")] = float(
+                energy_pointing_game(maps, masks, reduction="mean")
+            )
+            scalars[tb.explain_tag(trainer, "pointing_game")] = float(
+                pointing_game(maps, masks, reduction="mean")
+            )
+        tb.add_scalars(trainer, scalars)
+        tb.flush(trainer)
+        self.last_scalars = scalars
+        if update_drift:
+            self.prev_maps = maps.detach().cpu().clone()
+
+    def _short_ids(self) -> list[str]:
+        return [f"#{p}" if isinstance(p, int) else Path(p).name for p in self.probe_ids or []]
+
+    def _probe_batch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Tensor]:
+        if self._batch is None:
+            if self.probe_ids is None:
+                self.probe_ids = self._choose(trainer, pl_module)
+            batch = self._load(trainer, pl_module, self.probe_ids)
+            # Cloned outside inference mode: the cache outlives the loop that first builds it.
+            with torch.inference_mode(False):
+                self._batch = {k: v.to(pl_module.device).clone() for k, v in batch.items()}
+        return self._batch
+
+    def _choose(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[int] | list[str]:
+        if self.probes is not None:
+            return list(self.probes)
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "probe_indices"):
+            ids = dm.probe_indices(per_class=self.per_class, max_total=self.max_probes, split=self.split)
+        else:
+            ids = _first_per_class(_split_dataset(trainer, self.split), self.per_class, self.max_probes)
+        if not ids:
+            raise ConfigError(f"ProbeHeatmaps: the {self.split} split has no samples to use as probes")
+        return ids
+
+    def _load(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, ids: Sequence[int | str]
+    ) -> dict[str, Tensor]:
+        if isinstance(ids[0], str):
+            return _load_paths([str(i) for i in ids], pl_module)
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "samples"):
+            size = len(dm.dataset(self.split))
+            _check_indices(ids, size, self.split)
+            batch = dm.samples(list(ids), split=self.split)
+        else:
+            data = _split_dataset(trainer, self.split)
+            _check_indices(ids, len(data), self.split)
+            batch = default_collate([data[int(i)] for i in ids])
+        if not isinstance(batch, dict):
+            images, labels = split_batch(batch)
+            batch = {"image": images, "label": labels}
+        out = {"image": batch["image"].float(), "label": torch.as_tensor(batch["label"]).long()}
+        if batch.get("mask") is not None:
+            out["mask"] = batch["mask"].bool()
+        return out
+
+
+def _class_names(pl_module: L.LightningModule, num_classes: int) -> list[str]:
+    names = getattr(pl_module, "class_names", None)
+    return list(names) if names else [str(i) for i in range(num_classes)]
+
+
+def _check_indices(ids: Sequence[int | str], size: int, split: str) -> None:
+    bad = [i for i in ids if not 0 <= int(i) < size]
+    if bad:
+        raise ConfigError(
+            f"ProbeHeatmaps: probe indices {bad} are outside the {split} split (valid: 0..{size - 1}); "
+            "fix `probes` in the callback's init_args"
+        )
+
+
+def _split_dataset(trainer: L.Trainer, split: str) -> Any:
+    loaders = {
+        "val": trainer.val_dataloaders,
+        "test": trainer.test_dataloaders,
+        "train": trainer.train_dataloader,
+    }
+    loader = loaders.get(split)
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    data = getattr(loader, "dataset", None)
+    if data is None or not hasattr(data, "__len__"):
+        raise ConfigError(
+            f"ProbeHeatmaps: no indexable {split} dataset to take probes from; use a lit_explain data module "
+            "or give `probes` as image paths"
+        )
+    return data
+
+
+def _first_per_class(data: Any, per_class: int, max_total: int) -> list[int]:
+    """The first ``per_class`` samples of every class seen in a bounded scan of a plain dataset."""
+    chosen: dict[int, list[int]] = {}
+    for i in range(min(len(data), 50 * max_total)):
+        sample = data[i]
+        label = int(sample["label"] if isinstance(sample, dict) else sample[1])
+        if len(chosen.setdefault(label, [])) < per_class:
+            chosen[label].append(i)
+        if sum(len(v) for v in chosen.values()) >= max_total:
+            break
+    by_class = [chosen[c] for c in sorted(chosen)]
+    return [c[r] for r in range(per_class) for c in by_class if r < len(c)][:max_total]
+
+
+def _load_paths(paths: list[str], pl_module: L.LightningModule) -> dict[str, Tensor]:
+    from lit_explain.data.images import eval_transform, load_image
+
+    hp = pl_module.hparams
+    if hp.get("input_size") is None or hp.get("mean") is None or hp.get("std") is None:
+        raise ConfigError(
+            "ProbeHeatmaps: image-path probes need the model's input_size, mean and std hparams"
+        )
+    mode = "L" if hp.get("in_channels") == 1 else "RGB"
+    transform = eval_transform(hp["input_size"], hp["mean"], hp["std"])
+    names = _class_names(pl_module, hp.get("num_classes") or 0)
+    images, labels = [], []
+    for path in paths:
+        images.append(transform(load_image(path, mode=mode)))
+        parent = Path(path).parent.name
+        labels.append(names.index(parent) if parent in names else UNKNOWN_LABEL)
+    return {"image": torch.stack(images), "label": torch.tensor(labels, dtype=torch.long)}

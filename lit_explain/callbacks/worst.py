@@ -1,0 +1,290 @@
+"""WorstSamples: a running top-k of the validation samples the model gets most wrong, explained at epoch end."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from lit_explain.callbacks import _logging as tb
+from lit_explain.callbacks._panels import class_name, display_images, explain_batch, render_rows
+from lit_explain.data.batch import batch_indices, split_batch
+from lit_explain.errors import ConfigError
+from lit_explain.render import markdown_table
+
+Mode = Literal["loss", "least_confident_correct", "most_confident_correct"]
+MODES: tuple[str, ...] = ("loss", "least_confident_correct", "most_confident_correct")
+# The tag of each ranking: explain/<name> (grid) and explain/<name>_table (text).
+TAG_NAMES = {
+    "loss": "worst",
+    "least_confident_correct": "least_confident_correct",
+    "most_confident_correct": "most_confident_correct",
+}
+REQUIRED_OUTPUTS = ("per_sample_loss", "probs", "preds", "targets")
+
+
+@dataclass
+class TopK:
+    """The k best-scoring samples seen so far, all tensors on the device (``score = -inf`` marks a free slot)."""
+
+    score: Tensor  # float32 [k]
+    image: Tensor  # [k, C, H, W]
+    label: Tensor  # int64 [k]
+    pred: Tensor  # int64 [k]
+    confidence: Tensor  # float32 [k], probability of the predicted class
+    loss: Tensor  # float32 [k]
+    index: Tensor  # int64 [k], dataset index (-1: unknown)
+    rank: Tensor  # int64 [k], the process that saw it
+
+    @classmethod
+    def empty(cls, k: int, image_shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> TopK:
+        long = {"dtype": torch.long, "device": device}
+        return cls(
+            score=torch.full((k,), float("-inf"), device=device),
+            image=torch.zeros((k, *image_shape), dtype=dtype, device=device),
+            label=torch.full((k,), -1, **long),
+            pred=torch.full((k,), -1, **long),
+            confidence=torch.zeros(k, device=device),
+            loss=torch.zeros(k, device=device),
+            index=torch.full((k,), -1, **long),
+            rank=torch.full((k,), -1, **long),
+        )
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def merge(self, new: TopK) -> TopK:
+        """Keep the k highest scores of ``self`` and ``new``: one cat and one topk, no host synchronisation."""
+        k = self.score.shape[0]
+        score = torch.cat([self.score, new.score])
+        best = torch.topk(score, k, sorted=False).indices
+        incoming = new.as_dict()
+        merged = {
+            name: torch.cat([mine, incoming[name].to(mine.dtype)]).index_select(0, best)
+            for name, mine in self.as_dict().items()
+        }
+        return TopK(**merged)
+
+    def select(self, order: Tensor) -> TopK:
+        return TopK(**{name: t.index_select(0, order) for name, t in self.as_dict().items()})
+
+
+def ranking_scores(mode: str, loss: Tensor, confidence: Tensor, correct: Tensor) -> Tensor:
+    """Higher = more worth showing: the loss, or the (negated) confidence of correctly classified samples."""
+    if mode == "loss":
+        return loss.float().nan_to_num(nan=float("inf"))
+    minus_inf = torch.full_like(confidence, float("-inf"))
+    if mode == "least_confident_correct":
+        return torch.where(correct, -confidence, minus_inf)
+    if mode == "most_confident_correct":
+        return torch.where(correct, confidence, minus_inf)
+    raise ConfigError(f"WorstSamples: unknown mode {mode!r}; choose from {', '.join(MODES)}")
+
+
+class WorstSamples(Callback):
+    """Collect the validation samples with the highest loss and log them, explained, once per validation.
+
+    During validation a running top-k (per ranking in ``modes``) is merged batch by batch on the device
+    from the model's ``validation_step`` outputs (``per_sample_loss``, ``probs``, ``preds``, ``targets``),
+    so there is no second forward pass and no host synchronisation per batch; memory is O(k) whatever the
+    size of the validation set. At epoch end every rank joins one ``all_gather`` (the buffers are always
+    k long, free slots padded with ``-inf`` scores), then the global-zero rank keeps the overall top-k,
+    explains them (image | CAM predicted | CAM true | Guided Grad-CAM) and logs a captioned grid
+    ``explain/worst`` plus a text table ``explain/worst_table`` (dataset index, rank, classes, confidence,
+    loss). The sanity check is skipped; during ``trainer.test`` the tags are ``explain/test/...``.
+
+    Args:
+        k: how many samples each ranking keeps.
+        modes: rankings to collect: ``"loss"`` (highest loss, tag ``explain/worst``),
+            ``"least_confident_correct"`` and ``"most_confident_correct"``.
+        layer: the layer to explain inside ``pl_module.net``; None = automatic.
+        method: a CAM method of :mod:`lit_explain.explain`.
+        alpha: heatmap opacity in the overlays.
+        cmap: matplotlib colormap of the heatmaps.
+        min_cell: the short side of each grid cell in pixels.
+
+    Example (YAML, under ``trainer.callbacks``)::
+
+        - class_path: lit_explain.callbacks.WorstSamples
+          init_args: {k: 16, modes: [loss, least_confident_correct]}
+
+    Example (Python):
+        >>> trainer = L.Trainer(callbacks=[WorstSamples(k=8)])
+    """
+
+    def __init__(
+        self,
+        k: int = 16,
+        modes: list[Mode] | None = None,
+        layer: str | None = None,
+        method: str = "gradcam",
+        alpha: float = 0.5,
+        cmap: str = "jet",
+        min_cell: int = 128,
+    ) -> None:
+        super().__init__()
+        if k < 1:
+            raise ConfigError(f"WorstSamples: k must be >= 1, got {k}")
+        modes = list(modes) if modes is not None else ["loss"]
+        unknown = [m for m in modes if m not in MODES]
+        if unknown or not modes:
+            raise ConfigError(
+                f"WorstSamples: modes must be a non-empty list from {', '.join(MODES)}, got {modes}"
+            )
+        self.k = k
+        self.modes = list(dict.fromkeys(modes))
+        self.layer = layer
+        self.method = method
+        self.alpha = alpha
+        self.cmap = cmap
+        self.min_cell = min_cell
+        self._top: dict[str, TopK] = {}
+        self.last_winners: dict[str, dict[str, Tensor]] = {}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(k=self.k, modes=tuple(self.modes))
+
+    # -- collection --------------------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._top = {}
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._top = {}
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._collect(trainer, outputs, batch, batch_idx)
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._collect(trainer, outputs, batch, batch_idx)
+
+    def _collect(self, trainer: L.Trainer, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not isinstance(outputs, Mapping) or any(key not in outputs for key in REQUIRED_OUTPUTS):
+            raise ConfigError(
+                "WorstSamples needs validation_step/test_step to return a dict with "
+                f"{', '.join(REQUIRED_OUTPUTS)} (as lit_explain's ImageClassifier does)"
+            )
+        images, _ = split_batch(batch)
+        labels = outputs["targets"].long()
+        preds = outputs["preds"].long()
+        confidence = outputs["probs"].float().gather(1, preds[:, None])[:, 0]
+        loss = outputs["per_sample_loss"].float()
+        index = batch_indices(batch)
+        if index is None:  # no dataset indices in the batch: the position in this rank's loader
+            index = torch.arange(labels.shape[0], device=labels.device) + batch_idx * labels.shape[0]
+        index = torch.as_tensor(index, device=labels.device).long()
+        rank = torch.full_like(labels, trainer.global_rank)
+        correct = preds == labels
+        for mode in self.modes:
+            new = TopK(
+                score=ranking_scores(mode, loss, confidence, correct),
+                image=images.detach(),
+                label=labels,
+                pred=preds,
+                confidence=confidence,
+                loss=loss,
+                index=index,
+                rank=rank,
+            )
+            current = self._top.get(mode)
+            if current is None:
+                current = TopK.empty(self.k, tuple(images.shape[1:]), images.device, images.dtype)
+            self._top[mode] = current.merge(new)
+
+    # -- epoch end ---------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._gather_explain_log(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._gather_explain_log(trainer, pl_module)
+
+    def _gather_explain_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.last_winners = {}
+        for mode in self.modes:
+            local = self._top.get(mode) or self._placeholder(pl_module)
+            # Every rank joins the collective, even one that saw no batch (it sends k free slots).
+            gathered = pl_module.all_gather(local.as_dict())
+            if trainer.world_size > 1:
+                gathered = {name: t.flatten(0, 1) for name, t in gathered.items()}
+            if not tb.is_logging_rank(trainer):
+                continue
+            everything = TopK(**gathered)
+            # One host synchronisation per epoch: how many slots hold a real sample.
+            valid = int((everything.score > float("-inf")).sum())
+            if valid == 0:
+                continue
+            order = torch.topk(everything.score, min(self.k, valid)).indices  # sorted, worst first
+            winners = everything.select(order)
+            self.last_winners[mode] = {name: t.detach().cpu() for name, t in winners.as_dict().items()}
+            self._log(trainer, pl_module, mode, winners)
+        self._top = {}
+        if tb.is_logging_rank(trainer):
+            tb.flush(trainer)
+
+    def _placeholder(self, pl_module: L.LightningModule) -> TopK:
+        hp = getattr(pl_module, "hparams", {})
+        size, channels = hp.get("input_size"), hp.get("in_channels") or 3
+        if size is None:
+            raise ConfigError("WorstSamples: a rank saw no batch and the model has no input_size to pad with")
+        return TopK.empty(self.k, (int(channels), *map(int, size)), pl_module.device, torch.float32)
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, mode: str, top: TopK) -> None:
+        net = getattr(pl_module, "net", None)
+        net = pl_module if net is None else net
+        explained = explain_batch(net, top.image, top.label, self.layer, self.method)
+        names = [str(n) for n in getattr(pl_module, "class_names", None) or range(explained.probs.shape[1])]
+        rows = list(
+            zip(
+                top.index.tolist(),
+                top.rank.tolist(),
+                top.label.tolist(),
+                top.pred.tolist(),
+                top.confidence.tolist(),
+                top.loss.tolist(),
+                strict=True,
+            )
+        )
+        captions = [
+            f"#{i} r{r}  true: {class_name(names, t)} | pred: {class_name(names, p)} ({c:.2f}) | loss {loss:.2f}"
+            for i, r, t, p, c, loss in rows
+        ]
+        hp = getattr(pl_module, "hparams", {})
+        grid = render_rows(
+            display_images(top.image, hp.get("mean"), hp.get("std")),
+            explained,
+            captions,
+            top.pred == top.label,
+            alpha=self.alpha,
+            cmap=self.cmap,
+            min_cell=self.min_cell,
+        )
+        name = TAG_NAMES[mode]
+        tb.add_image(trainer, tb.explain_tag(trainer, name), grid)
+        table = markdown_table(
+            [(i, r, class_name(names, t), class_name(names, p), c, loss) for i, r, t, p, c, loss in rows],
+            ["dataset index", "rank", "true", "predicted", "confidence", "loss"],
+        )
+        tb.add_text(trainer, tb.explain_tag(trainer, f"{name}_table"), table)
