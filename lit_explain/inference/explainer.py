@@ -267,19 +267,24 @@ class Explainer:
         return results
 
     def explain_prepared(
-        self, prepared: Sequence[Prepared], target: Target | Sequence[Target] = None, top_k: int = 1
+        self,
+        prepared: Sequence[Prepared],
+        target: Target | Sequence[Target] = None,
+        top_k: int | Sequence[int] = 1,
     ) -> list[Explanation]:
         """Like :meth:`explain_batch` for images already pre-processed (the HTTP service decodes first)."""
-        if top_k < 0:
-            raise ConfigError(f"top_k must be >= 0, got {top_k}")
         targets = list(target) if isinstance(target, (list, tuple)) else [target] * len(prepared)
-        if len(targets) != len(prepared):
-            raise ConfigError(f"got {len(targets)} targets for {len(prepared)} images")
-        if top_k == 0 and any(t is None for t in targets):
-            raise ConfigError("top_k=0 explains only a named class, so a target class is needed")
+        ks = list(top_k) if isinstance(top_k, (list, tuple)) else [top_k] * len(prepared)
+        if len(targets) != len(prepared) or len(ks) != len(prepared):
+            raise ConfigError(
+                f"got {len(targets)} targets and {len(ks)} top_k values for {len(prepared)} images"
+            )
+        for t, k in zip(targets, ks, strict=True):
+            if k < 0 or (k == 0 and t is None):
+                raise ConfigError(f"top_k must be >= 1 (or 0 together with a named class), got {k}")
         jobs = [
-            _Job(p, None if t is None else self.class_index(t), min(top_k, len(self.class_names)))
-            for p, t in zip(prepared, targets, strict=True)
+            _Job(p, None if t is None else self.class_index(t), min(k, len(self.class_names)))
+            for p, t, k in zip(prepared, targets, ks, strict=True)
         ]
         results: list[Explanation] = []
         # Chunk by rows (image x class) so a folder of top-5 requests stays within one batch's memory.

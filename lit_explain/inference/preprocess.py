@@ -53,13 +53,17 @@ def check_pixels(source: ImageSource, max_pixels: int) -> tuple[int, int]:
         size = source.size
     else:
         handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else None
+        if handle is None and not Path(source).is_file():
+            raise ImageDecodeError(f"cannot open image {name}: no such file")
         try:
             with Image.open(handle or source) as image:  # lazy: decodes the header only
                 size = image.size
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise ImageDecodeError(f"cannot decode image {name}: {exc}") from exc
         except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"image {name} is too large to decode safely: {exc}") from exc
+            raise ImageTooLargeError(
+                f"image {name} exceeds the limit of {max_pixels:,} pixels and PIL's decompression-bomb guard: {exc}"
+            ) from exc
     if size[0] * size[1] > max_pixels:
         raise ImageTooLargeError(
             f"image {name} has {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more than the limit of "

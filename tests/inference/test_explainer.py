@@ -1,0 +1,130 @@
+"""The Python API: Explainer from each model source, explain(target, top_k), batching, save()."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lit_explain.explain import cam
+from lit_explain.inference import Explainer, OutputExistsError, UnknownClassError
+from lit_explain.models.loading import load_classifier
+
+
+@pytest.fixture(scope="module")
+def explainer(quick_ckpt):
+    return Explainer.from_checkpoint(quick_ckpt, layer="layer4")
+
+
+def test_explain_the_prediction(explainer, odd_images):
+    r = explainer.explain(odd_images["rgb.jpg"])
+    probs = [p for _, _, p in r.top_k]
+    assert r.prediction == r.top_k[0][0] and r.confidence == pytest.approx(probs[0])
+    assert probs == sorted(probs, reverse=True) and len(r.top_k) == 5
+    assert len(r.explained) == 1 and r.primary.class_index == r.prediction_index and r.primary.rank == 1
+    assert (
+        r.primary.map.shape == (1, 64, 64)
+        and 0 <= float(r.primary.map.min()) <= float(r.primary.map.max()) <= 1
+    )
+    for picture in (r.image, r.primary.heatmap, r.primary.overlay, r.primary.guided):
+        assert picture.shape == (3, 64, 64) and picture.device.type == "cpu"
+    assert r.layer == "layer4" and r.method == "gradcam"
+    assert set(r.timings) == {"preprocess", "explain", "render"}
+
+
+def test_maps_equal_the_engine_on_the_model_input(explainer, odd_images):
+    r = explainer.explain(odd_images["rgba.png"], target="star")
+    x = explainer.preprocess(odd_images["rgba.png"]).tensor[None]
+    expected = cam(explainer.net, x, layer="layer4", targets=3).maps[0]
+    named = next(e for e in r.explained if e.class_name == "star")
+    torch.testing.assert_close(named.map, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_named_class_by_name_index_and_case(explainer, odd_images):
+    a = explainer.explain(odd_images["gray.png"], target="triangle")
+    b = explainer.explain(odd_images["gray.png"], target=2)
+    c = explainer.explain(odd_images["gray.png"], target="TRIANGLE")
+    for r in (a, b, c):
+        assert r.requested == "triangle" and r.primary.class_name == "triangle"
+        assert r.for_prediction is not None  # the prediction is explained alongside
+    torch.testing.assert_close(a.primary.map, b.primary.map)
+    only = explainer.explain(odd_images["gray.png"], target="triangle", top_k=0)
+    assert [e.class_name for e in only.explained] == ["triangle"]
+
+
+def test_top_k_explains_each_class_in_one_batch(explainer, odd_images):
+    r = explainer.explain(odd_images["rgb.jpg"], top_k=3)
+    assert [e.rank for e in r.top_explained] == [1, 2, 3]
+    assert [e.class_index for e in r.top_explained] == [i for _, i, _ in r.top_k[:3]]
+    maps = torch.stack([e.map for e in r.top_explained])
+    assert not torch.equal(maps[0], maps[1])  # different classes, different maps
+
+
+def test_batch_equals_one_by_one(explainer, odd_images):
+    paths = list(odd_images.values())
+    together = explainer.explain_batch(paths, top_k=2)
+    for path, r in zip(paths, together, strict=True):
+        alone = explainer.explain(path, top_k=2)
+        assert r.prediction == alone.prediction
+        torch.testing.assert_close(r.primary.map, alone.primary.map, atol=1e-4, rtol=1e-3)
+
+
+def test_unknown_class_lists_the_valid_ones(explainer, odd_images):
+    with pytest.raises(UnknownClassError, match=r"unknown class name 'hexagon'.*circle, square"):
+        explainer.explain(odd_images["rgb.jpg"], target="hexagon")
+    with pytest.raises(UnknownClassError, match="out of range"):
+        explainer.explain(odd_images["rgb.jpg"], target=6)
+
+
+def test_bad_layer_and_method_are_config_errors(quick_ckpt):
+    with pytest.raises(ValueError, match="layer9"):
+        Explainer.from_checkpoint(quick_ckpt, layer="layer9")
+    with pytest.raises(ValueError, match="gradcam"):
+        Explainer.from_checkpoint(quick_ckpt, method="magic")
+
+
+def test_save_writes_every_file_and_never_clobbers(explainer, odd_images, tmp_path):
+    r = explainer.explain(odd_images["rgb.jpg"], target="ring", top_k=2)
+    written = r.save(tmp_path / "out")
+    names = {p.relative_to(tmp_path / "out").as_posix() for p in written}
+    top = [f"top_predictions/gradcam_top{e.rank}_{e.class_name}.png" for e in r.top_explained]
+    assert {"gradcam_prediction.png", "analysis_summary.json", "class_analysis_ring.json", *top} <= names
+    summary = json.loads((tmp_path / "out" / "analysis_summary.json").read_text())
+    assert summary["prediction"] == r.prediction and summary["layer"] == "layer4"
+    assert summary["requested_class"] == "ring" and len(summary["top_k"]) == 5
+    analysis = json.loads((tmp_path / "out" / "class_analysis_ring.json").read_text())
+    assert analysis["class_name"] == "ring" and 0 <= analysis["probability"] <= 1
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        r.save(tmp_path / "out")
+    r.save(tmp_path / "out", overwrite=True)
+
+
+def test_gradient_free_method_has_no_guided_picture(quick_ckpt, odd_images):
+    r = Explainer.from_checkpoint(quick_ckpt, method="eigencam").explain(odd_images["rgb.jpg"])
+    assert r.primary.guided is None and r.method == "eigencam"
+
+
+def test_single_channel_plain_file_with_labels(gray_plain_file, odd_images):
+    e = Explainer.from_file(gray_plain_file, backbone="resnet18", class_names=["cat", "dog", "bird"])
+    assert e.preprocess.in_channels == 1 and e.preprocess.input_size == (64, 64)
+    r = e.explain(odd_images["rgb.jpg"], target="bird", top_k=3)
+    assert r.image.shape == (3, 64, 64) and r.primary.class_name == "bird"
+    assert {n for n, _, _ in r.top_k} == {"cat", "dog", "bird"}
+
+
+def test_torchvision_name_with_features_layer(torch_home, odd_images):
+    e = Explainer.from_torchvision("squeezenet1_1", layer="features.12", batch_size=4)
+    assert len(e.class_names) == 1000 and e.class_names[0] == "tench"
+    r = e.explain(odd_images["palette.gif"], top_k=2, target="goldfish")
+    assert r.layer == "features.12" and r.primary.class_name == "goldfish"
+    assert r.primary.map.shape == (1, 224, 224)
+
+
+def test_explainer_runs_on_the_models_device(quick_ckpt, odd_images):
+    model = load_classifier(quick_ckpt)
+    e = Explainer(model)
+    assert e.device == next(model.parameters()).device
+    was_training = model.training
+    e.explain(odd_images["rgb.jpg"], top_k=2)
+    assert model.training == was_training and all(p.grad is None for p in model.parameters())

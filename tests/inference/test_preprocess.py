@@ -1,0 +1,70 @@
+"""Pre-processing: any size and mode to the model's input, the pixel limit checked before decoding."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from lit_explain.data.images import ImageDecodeError
+from lit_explain.inference import ImageTooLargeError, Preprocessor
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_mode_becomes_the_model_input(odd_images, channels):
+    prep = Preprocessor((48, 40), mean=[0.5] * channels, std=[0.25] * channels, in_channels=channels)
+    for name, path in odd_images.items():
+        prepared = prep(path)
+        assert prepared.tensor.shape == (channels, 48, 40), name
+        assert prepared.tensor.dtype == torch.float32
+        assert torch.isfinite(prepared.tensor).all()
+        # normalised with the model's mean/std: [0, 1] maps to [-2, 2]
+        assert prepared.tensor.min() >= -2.0 - 1e-5 and prepared.tensor.max() <= 2.0 + 1e-5
+
+
+def test_sixteen_bit_is_scaled_by_its_range_not_clipped(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "mid.png"
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(path)
+    prepared = Preprocessor((8, 8), mean=[0.0], std=[1.0], in_channels=1)(path)
+    assert prepared.original_mode.startswith("I")
+    assert abs(float(prepared.tensor.mean()) - 0.5) < 0.01  # mid-grey, not saturated white
+
+
+def test_same_image_from_bytes_path_and_pil(odd_images):
+    prep = Preprocessor((32, 32), mean=[0.5] * 3, std=[0.25] * 3)
+    path = odd_images["rgba.png"]
+    a, b = prep(path).tensor, prep(path.read_bytes()).tensor
+    with Image.open(path) as image:
+        c = prep(image.copy()).tensor
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_pixel_limit_is_checked_from_the_header(tmp_path):
+    # A blank 4000 x 3000 PNG is a few KB; it must be refused from its header, before decoding.
+    path = tmp_path / "big.png"
+    Image.new("L", (4000, 3000)).save(path, compress_level=9)
+    assert path.stat().st_size < 100_000
+    prep = Preprocessor((32, 32), mean=[0.5] * 3, std=[0.25] * 3, max_pixels=1_000_000)
+    with pytest.raises(ImageTooLargeError, match="4000x3000 = 12,000,000 pixels"):
+        prep(path)
+    with pytest.raises(ImageTooLargeError):
+        prep(path.read_bytes())
+
+
+def test_not_an_image_names_the_source():
+    prep = Preprocessor((32, 32), mean=[0.5] * 3, std=[0.25] * 3)
+    with pytest.raises(ImageDecodeError, match="<bytes>"):
+        prep(b"definitely not an image")
+    buffer = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(buffer, format="PNG")
+    with pytest.raises(ImageDecodeError):
+        prep(buffer.getvalue()[:40])  # truncated
+
+
+def test_mismatched_normalisation_is_reported():
+    with pytest.raises(ValueError, match="3 means"):
+        Preprocessor((32, 32), mean=[0.5] * 3, std=[0.25] * 3, in_channels=1)
