@@ -1,0 +1,78 @@
+"""The service as a real server: ``python -m lit_explain serve`` in a subprocess on a loopback port."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from PIL import Image
+from serve_helpers import b64, free_port, png_bytes, start_server
+
+
+def test_binds_loopback_by_default_and_answers(live_server):
+    url = live_server["url"]
+    health = httpx.get(f"{url}/health", timeout=10).json()
+    assert health["status"] == "ok" and health["batching"]["max_batch"] == 8
+    r = httpx.post(f"{url}/predict_with_gradcam", json={"image": b64(png_bytes())}, timeout=60)
+    assert r.status_code == 200 and r.json()["gradcam_overlay"]
+    # --log_below 1.0 records every request into its own complete folder
+    assert (live_server["log_dir"] / r.json()["logged"] / "record.json").is_file()
+    # nothing listens on the machine's other addresses
+    port = int(url.rsplit(":", 1)[1])
+    other = socket.gethostbyname(socket.gethostname())
+    if not other.startswith("127."):
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((other, port)) != 0
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "status"),
+    [
+        ("/predict_with_gradcam", b"{oops", 400),
+        ("/predict_with_gradcam", json.dumps({"image": "%%%"}).encode(), 400),
+        ("/predict_with_gradcam", json.dumps({"image": b64(b"GIF89a but not really")}).encode(), 422),
+        ("/predict_with_gradcam", json.dumps({"image": b64(png_bytes((400, 400)))}).encode(), 413),
+        ("/analyze_class", json.dumps({"image": b64(png_bytes()), "class_name": "hexagon"}).encode(), 404),
+    ],
+)
+def test_bad_inputs_over_the_wire(live_server, path, content, status):
+    url = live_server["url"]
+    r = httpx.post(url + path, content=content, headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == status and r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_pixel_limit_over_the_wire(live_server):
+    buffer = io.BytesIO()
+    Image.new("RGB", (1200, 1000)).save(buffer, format="PNG")  # 1.2 MP, small file, over --max_pixels 1e6
+    r = httpx.post(
+        f"{live_server['url']}/predict_with_gradcam", json={"image": b64(buffer.getvalue())}, timeout=60
+    )
+    assert r.status_code == 413 and "1,200,000 pixels" in r.json()["error"]
+
+
+def test_concurrent_clients(live_server):
+    url = live_server["url"]
+    with httpx.Client(timeout=120) as client, ThreadPoolExecutor(6) as pool:
+        responses = list(
+            pool.map(
+                lambda i: client.post(f"{url}/predict_with_gradcam", json={"image": b64(png_bytes(seed=i))}),
+                range(12),
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * 12
+    batching = httpx.get(f"{url}/health", timeout=10).json()["batching"]
+    assert batching["largest_batch"] > 1
+
+
+def test_startup_errors_are_reported(serve_ckpt, tmp_path):
+    with pytest.raises(RuntimeError, match="--log_below must be a confidence"):
+        start_server(serve_ckpt, free_port(), "--log_below", "1.5", timeout=60)
+    with pytest.raises(RuntimeError, match="does not exist"):
+        start_server(tmp_path / "missing.ckpt", free_port(), timeout=60)
