@@ -1,0 +1,245 @@
+"""Benchmark the explain service on loopback: throughput, latency percentiles, errors and memory.
+
+Starts ``python -m lit_explain serve`` in a subprocess on a free 127.0.0.1 port, sends a bounded number
+of ``POST /predict_with_gradcam`` requests from several concurrent clients, and reports requests/s,
+p50/p95 latency, the single-image explain latency (in-process, same settings as the service), the error
+count, and the server's resident memory (from /proc) sampled while the requests run.
+
+    python scripts/bench_serve.py                                  # an untrained 64x64 ResNet-18
+    python scripts/bench_serve.py --ckpt_path last.ckpt --requests 1000 --clients 8
+    python scripts/bench_serve.py --compare_batching               # max_batch 1 vs --max_batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+
+def make_checkpoint(directory: Path, size: int) -> Path:
+    """An untrained ResNet-18 lit_explain checkpoint (the timing does not depend on the weights)."""
+    from lit_explain.models import ImageClassifier
+
+    torch.manual_seed(0)
+    model = ImageClassifier(
+        "resnet18",
+        num_classes=10,
+        class_names=[f"class_{i}" for i in range(10)],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        input_size=[size, size],
+    )
+    path = directory / "bench.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path
+
+
+def test_image(path: str | None, size: tuple[int, int] = (320, 240)) -> bytes:
+    if path:
+        return Path(path).read_bytes()
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(ckpt: Path, port: int, max_batch: int, max_wait_ms: float, threads: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lit_explain",
+            "serve",
+            "--ckpt_path",
+            str(ckpt),
+            "--port",
+            str(port),
+            "--max_batch",
+            str(max_batch),
+            "--max_wait_ms",
+            str(max_wait_ms),
+            "--log_level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("server did not start within 300 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def single_latency(ckpt: Path, image: bytes, repeats: int, threads: int) -> dict[str, float]:
+    """In-process ``Explainer.explain`` of one image, as the service configures it (no Guided Grad-CAM)."""
+    from lit_explain.inference import Explainer
+
+    torch.set_num_threads(threads)
+    explainer = Explainer.from_checkpoint(ckpt, guided=False)
+    explainer.explain(image)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        explainer.explain(image)
+        times.append(time.perf_counter() - start)
+    return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times)}
+
+
+def run_load(url: str, payload: bytes, requests: int, clients: int, pid: int, rss_every: int) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    rss: list[tuple[int, float]] = [(0, rss_mb(pid))]
+    counter = {"done": 0}
+    lock = threading.Lock()
+    per_client = [requests // clients + (i < requests % clients) for i in range(clients)]
+
+    def client(n: int) -> None:
+        with httpx.Client(timeout=300) as http:
+            for _ in range(n):
+                start = time.perf_counter()
+                try:
+                    r = http.post(url, content=payload, headers={"Content-Type": "application/json"})
+                    ok = r.status_code == 200 and "gradcam_overlay" in r.json()
+                    problem = None if ok else f"HTTP {r.status_code}: {r.text[:200]}"
+                except Exception as exc:  # every failure counts, whatever it is
+                    problem = f"{type(exc).__name__}: {exc}"
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    if problem:
+                        errors.append(problem)
+                    counter["done"] += 1
+                    if counter["done"] % rss_every == 0:
+                        rss.append((counter["done"], rss_mb(pid)))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, per_client))
+    wall = time.perf_counter() - start
+    rss.append((requests, rss_mb(pid)))
+    ordered = sorted(latencies)
+    return {
+        "requests": requests,
+        "clients": clients,
+        "wall_s": wall,
+        "throughput_rps": requests / wall,
+        "p50_ms": 1000 * ordered[len(ordered) // 2],
+        "p95_ms": 1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "rss_mb": rss,
+    }
+
+
+def bench(args: argparse.Namespace, ckpt: Path, payload: bytes, max_batch: int) -> dict:
+    port = free_port()
+    proc = start_server(ckpt, port, max_batch, args.max_wait_ms, args.threads)
+    try:
+        url = f"http://127.0.0.1:{port}/predict_with_gradcam"
+        run_load(url, payload, min(args.requests, 2 * args.clients), args.clients, proc.pid, 10**9)  # warm-up
+        result = run_load(url, payload, args.requests, args.clients, proc.pid, args.rss_every)
+        result["batching"] = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["batching"]
+        result["max_batch"] = max_batch
+    finally:
+        stop(proc)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", default=None, help="model to serve (default: an untrained ResNet-18)")
+    parser.add_argument("--input_size", type=int, default=64, help="input size of the default model")
+    parser.add_argument("--image", default=None, help="image to send (default: a 320x240 JPEG of noise)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per run (bounded)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    parser.add_argument("--max_batch", type=int, default=8)
+    parser.add_argument("--max_wait_ms", type=float, default=5.0)
+    parser.add_argument("--compare_batching", action="store_true", help="also run with --max_batch 1")
+    parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch threads")
+    parser.add_argument("--single_repeats", type=int, default=20)
+    parser.add_argument("--rss_every", type=int, default=100, help="sample the server's RSS every N requests")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if not 1 <= args.requests <= 100_000 or not 1 <= args.clients <= 256:
+        parser.error("--requests must be in 1..100000 and --clients in 1..256")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(args.ckpt_path) if args.ckpt_path else make_checkpoint(Path(tmp), args.input_size)
+        image = test_image(args.image)
+        payload = json.dumps({"image": base64.b64encode(image).decode()}).encode()
+        report = {"single": single_latency(ckpt, image, args.single_repeats, args.threads), "runs": []}
+        batches = [args.max_batch] + ([1] if args.compare_batching and args.max_batch != 1 else [])
+        for max_batch in batches:
+            report["runs"].append(bench(args, ckpt, payload, max_batch))
+
+    print(
+        f"single-image explain (in-process): median {report['single']['median_ms']:.1f} ms, "
+        f"min {report['single']['min_ms']:.1f} ms"
+    )
+    for run in report["runs"]:
+        rss = run["rss_mb"]
+        print(
+            f"max_batch={run['max_batch']}: {run['requests']} requests, {run['clients']} clients: "
+            f"{run['throughput_rps']:.1f} req/s, p50 {run['p50_ms']:.0f} ms, p95 {run['p95_ms']:.0f} ms, "
+            f"errors {run['errors']}, mean batch {run['batching']['mean_batch']}, "
+            f"RSS {rss[0][1]:.0f} -> {rss[-1][1]:.0f} MB (samples: {', '.join(f'{m:.0f}' for _, m in rss)})"
+        )
+        for problem in run["first_errors"]:
+            print(f"  error: {problem}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 1 if any(run["errors"] for run in report["runs"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
