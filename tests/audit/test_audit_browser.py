@@ -16,13 +16,21 @@ CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "
 @pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:
-        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium); the page test needs a real browser")
+        pytest.skip(
+            "no chromium binary on PATH (Debian: apt-get install chromium); the page test needs a real browser"
+        )
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-dev-shm-usage", "--allow-file-access-from-files"],
+            args=[
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+                "--allow-file-access-from-files",
+            ],
         )
         yield b
         b.close()
@@ -52,7 +60,9 @@ def test_index_page_class_selector(browser, shapes_report: Path) -> None:
     page.click("#next")
     assert page.input_value("#class-select") == str(report["per_class"][4]["id"])
     assert page.locator("#recommendations li").count() == len(report["recommendations"])
-    images_ok = page.evaluate("Array.from(document.images).filter(i => i.src).every(i => i.complete && i.naturalWidth > 0)")
+    images_ok = page.evaluate(
+        "Array.from(document.images).filter(i => i.src).every(i => i.complete && i.naturalWidth > 0)"
+    )
     assert images_ok, "an image of the page did not load"
     assert errors == []
 

@@ -20,7 +20,17 @@ FAST = ["--quality_samples", "4", "--progress", "false"]
 
 def test_cli_subset_of_classes_and_refusal(shapes_checkpoint: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "audit"
-    argv = ["--ckpt_path", str(shapes_checkpoint), "--output", str(out), "--classes", "[circle, 1]", "--max_samples", "30", *FAST]
+    argv = [
+        "--ckpt_path",
+        str(shapes_checkpoint),
+        "--output",
+        str(out),
+        "--classes",
+        "[circle, 1]",
+        "--max_samples",
+        "30",
+        *FAST,
+    ]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["classes_audited"] == [0, 1]
@@ -47,12 +57,42 @@ def test_cli_errors_are_clear(shapes_checkpoint: Path, tmp_path: Path, capsys) -
     # A checkpoint whose head does not fit the data: a 6-class model on 3-class data config.
     config = tmp_path / "data.yaml"
     config.write_text("data:\n  class_path: lit_explain.data.ShapesDataModule\n  init_args: {val_size: 8}\n")
-    assert main(["--ckpt_path", str(shapes_checkpoint), "--output", str(tmp_path / "b"), "--data_config", str(config),
-                 "--method", "nope"]) == 2
+    assert (
+        main(
+            [
+                "--ckpt_path",
+                str(shapes_checkpoint),
+                "--output",
+                str(tmp_path / "b"),
+                "--data_config",
+                str(config),
+                "--method",
+                "nope",
+            ]
+        )
+        == 2
+    )
     assert "--method 'nope'" in capsys.readouterr().err
-    assert main(["--ckpt_path", str(shapes_checkpoint), "--output", str(tmp_path / "c"), "--data.in_channels", "1"]) == 2
+    assert (
+        main(
+            [
+                "--ckpt_path",
+                str(shapes_checkpoint),
+                "--output",
+                str(tmp_path / "c"),
+                "--data.in_channels",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "in_channels" in capsys.readouterr().err
-    assert main(["--ckpt_path", str(shapes_checkpoint), "--classes", "[giraffe]", "--output", str(tmp_path / "d")]) == 2
+    assert (
+        main(
+            ["--ckpt_path", str(shapes_checkpoint), "--classes", "[giraffe]", "--output", str(tmp_path / "d")]
+        )
+        == 2
+    )
     assert "giraffe" in capsys.readouterr().err
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
@@ -114,17 +154,37 @@ def test_spearman_and_fixed_region() -> None:
 
 def test_recommendations_cite_numbers() -> None:
     report = {
-        "split": "val", "accuracy": 0.5, "per_class": [{"name": "a", "accuracy": 0.9}, {"name": "b", "accuracy": 0.1}],
-        "calibration": {"errors": 10, "high_confidence_errors": 6, "high_confidence_error_share": 0.6, "ece": 0.2,
-                        "mean_confidence_wrong": 0.93},
-        "confused_pairs": [{"rank": 1, "true_name": "b", "pred_name": "a", "count": 9, "share_of_errors": 0.9}],
-        "attention": {"method": "gradcam", "layer": "layer4", "has_masks": True,
-                      "overall": {"energy_in_mask": 0.12, "mask_area": 0.2, "pointing_game": 0.1},
-                      "randomisation": {"samples": 8, "spearman_mean": 0.9, "randomised_layers": ["fc"]},
-                      "faithfulness": {}, "fixed_region": {}},
+        "split": "val",
+        "accuracy": 0.5,
+        "per_class": [{"name": "a", "accuracy": 0.9}, {"name": "b", "accuracy": 0.1}],
+        "calibration": {
+            "errors": 10,
+            "high_confidence_errors": 6,
+            "high_confidence_error_share": 0.6,
+            "ece": 0.2,
+            "mean_confidence_wrong": 0.93,
+        },
+        "confused_pairs": [
+            {"rank": 1, "true_name": "b", "pred_name": "a", "count": 9, "share_of_errors": 0.9}
+        ],
+        "attention": {
+            "method": "gradcam",
+            "layer": "layer4",
+            "has_masks": True,
+            "overall": {"energy_in_mask": 0.12, "mask_area": 0.2, "pointing_game": 0.1},
+            "randomisation": {"samples": 8, "spearman_mean": 0.9, "randomised_layers": ["fc"]},
+            "faithfulness": {},
+            "fixed_region": {},
+        },
     }
     rules = {r["rule"]: r for r in recommend(report)}
-    assert {"attention_off_object", "randomisation_failed", "overconfident", "dominant_pairs", "weak_classes"} <= set(rules)
+    assert {
+        "attention_off_object",
+        "randomisation_failed",
+        "overconfident",
+        "dominant_pairs",
+        "weak_classes",
+    } <= set(rules)
     assert "0.12" in rules["attention_off_object"]["message"]
     assert "label smoothing" in rules["overconfident"]["action"]
     assert "b -> a" in rules["dominant_pairs"]["message"]

@@ -62,7 +62,15 @@ def test_csv_contents(report_dir: Path) -> None:
     with open(report_dir / "per_class_accuracy.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == report["num_classes"]
-    assert set(rows[0]) >= {"class_id", "class_name", "accuracy", "support", "correct", "mean_confidence", "most_confused_with"}
+    assert set(rows[0]) >= {
+        "class_id",
+        "class_name",
+        "accuracy",
+        "support",
+        "correct",
+        "mean_confidence",
+        "most_confused_with",
+    }
     assert [r["class_name"] for r in rows] == report["class_names"]
     assert sum(int(r["support"]) for r in rows) == report["num_samples"]
     for r in rows:
@@ -83,9 +91,19 @@ def test_json_schema(report_dir: Path) -> None:
     report = json.loads((report_dir / "report.json").read_text())
     assert report["schema_version"] == 1
     for key, kind in {
-        "split": str, "num_samples": int, "num_classes": int, "class_names": list, "accuracy": float,
-        "calibration": dict, "per_class": list, "confused_pairs": list, "confusion_matrix": list,
-        "attention": dict, "recommendations": list, "timing": dict, "checkpoint": str,
+        "split": str,
+        "num_samples": int,
+        "num_classes": int,
+        "class_names": list,
+        "accuracy": float,
+        "calibration": dict,
+        "per_class": list,
+        "confused_pairs": list,
+        "confusion_matrix": list,
+        "attention": dict,
+        "recommendations": list,
+        "timing": dict,
+        "checkpoint": str,
     }.items():
         assert isinstance(report[key], kind), key
     n = report["num_classes"]
@@ -113,7 +131,9 @@ def test_shapes_report_has_mask_metrics(shapes_report: Path) -> None:
 def test_pages_are_self_contained(report_dir: Path) -> None:
     for page in ("index.html", "per_class_accuracy_interactive.html"):
         text = (report_dir / page).read_text()
-        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), f"{page} loads something from the network"
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), (
+            f"{page} loads something from the network"
+        )
         for ref in re.findall(r"""(?:src|href)="([^"#:]+)\"""", text):
             assert (report_dir / ref).exists(), f"{page} links to missing {ref}"
     summary = (report_dir / "analysis_summary.txt").read_text()

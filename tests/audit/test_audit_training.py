@@ -1,0 +1,62 @@
+"""End to end with training: the audit flags a learned shortcut; the callback audits every new best checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_explain.audit import AttentionAudit, audit_checkpoint
+from lit_explain.data import ShapesDataModule
+from lit_explain.models import ImageClassifier
+
+pytestmark = pytest.mark.slow
+
+
+def test_audit_flags_the_spurious_corner_cue(
+    spurious_checkpoint: Path, tmp_path: Path, audit_options
+) -> None:
+    report = audit_checkpoint(spurious_checkpoint, tmp_path / "audit", audit_options(quality_samples=8))
+    att = report["attention"]["overall"]
+    # The model reads the corner patch: little of the map's energy is on the shape.
+    assert att["energy_in_mask"] < 1.5 * att["mask_area"] or att["pointing_game"] < 0.5
+    rules = {r["rule"]: r for r in report["recommendations"]}
+    assert {"attention_off_object", "fixed_region"} & set(rules)
+    if "attention_off_object" in rules:
+        assert f"{att['energy_in_mask']:.2f}" in rules["attention_off_object"]["message"]
+    text = (tmp_path / "audit" / "recommendations.txt").read_text()
+    assert "attention" in text and ("outside the object" in text or "fixed image region" in text)
+
+
+def _fit(directory: Path, audit: bool) -> tuple[ImageClassifier, AttentionAudit | None]:
+    L.seed_everything(0, verbose=False)
+    dm = ShapesDataModule(train_size=96, val_size=32, test_size=32, batch_size=32)
+    model = ImageClassifier("resnet18", optimizer="adamw", lr=3e-3, scheduler="none")
+    callback = AttentionAudit(max_samples=32, quality_samples=4) if audit else None
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=directory, monitor="val/loss", mode="min")
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=directory,
+        callbacks=[checkpoint, *([callback] if callback else [])],
+    )
+    trainer.fit(model, datamodule=dm)
+    return model, callback
+
+
+def test_callback_writes_report_next_to_best_and_leaves_training_alone(tmp_path: Path) -> None:
+    with_audit, callback = _fit(tmp_path / "a", audit=True)
+    without, _ = _fit(tmp_path / "b", audit=False)
+    assert callback.reports, "no audit ran"
+    best = next((tmp_path / "a").glob("*.ckpt"))
+    report_dir = best.parent / f"{best.stem}_audit_val"
+    assert (report_dir / "index.html").is_file()
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["checkpoint"] == str(best) and report["num_samples"] == 32
+    for a, b in zip(with_audit.state_dict().values(), without.state_dict().values(), strict=True):
+        assert torch.equal(a, b), "the audit changed training"
