@@ -1,4 +1,4 @@
-"""Helpers for the callback tests: a tiny deterministic shapes fit and an event-file reader."""
+"""Helpers for the callback tests (imported by name: pytest puts this folder on sys.path)."""
 
 from __future__ import annotations
 

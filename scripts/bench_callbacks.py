@@ -1,0 +1,183 @@
+"""Benchmark the explainability callbacks: epoch wall-time overhead and memory versus validation-set size.
+
+1. Overhead: the same training (same seed, same data) with and without ProbeHeatmaps + WorstSamples +
+   ConfusionMatrix at their default settings, in one process; the per-epoch wall time (training plus
+   validation plus the callbacks' epoch-end work) is compared, first epoch excluded (data caching).
+2. Memory: ``trainer.validate`` with the callbacks on two validation-set sizes; the bytes of tensors the
+   callbacks hold (top-k buffers, confusion matrix, probe cache) are sampled after every batch.
+
+    python scripts/bench_callbacks.py                          # shapes, CPU, defaults of the issue
+    python scripts/bench_callbacks.py --epochs 3 --train-size 1000 --memory-sizes 1000 4000
+    python scripts/bench_callbacks.py --config configs/cifar100_resnet34.yaml --accelerator gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lit_explain.callbacks import ConfusionMatrix, ProbeHeatmaps, WorstSamples
+from lit_explain.data import ShapesDataModule
+from lit_explain.models import ImageClassifier
+
+
+class EpochTimer(L.Callback):
+    """Wall time from each training epoch's start to the end of its validation (after the other callbacks)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            _sync(pl_module.device)
+            self.times.append(time.perf_counter() - self._start)
+
+
+class StateBytes(L.Callback):
+    """Peak bytes of the tensors the explainability callbacks hold, sampled after every validation batch."""
+
+    def __init__(self, watched: list[L.Callback]) -> None:
+        self.watched = watched
+        self.peak = 0
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kw: Any
+    ) -> None:
+        self.peak = max(self.peak, sum(_tensor_bytes(vars(cb)) for cb in self.watched))
+
+
+def _tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    if isinstance(obj, torch.nn.Module) or hasattr(obj, "__dataclass_fields__"):
+        return _tensor_bytes(vars(obj), seen) + (
+            sum(_tensor_bytes(b, seen) for b in obj.buffers()) if isinstance(obj, torch.nn.Module) else 0
+        )
+    return 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def default_callbacks() -> list[L.Callback]:
+    return [ProbeHeatmaps(), WorstSamples(), ConfusionMatrix()]
+
+
+def build(
+    args: argparse.Namespace, val_size: int | None = None
+) -> tuple[ImageClassifier, L.LightningDataModule]:
+    if args.config:
+        from lit_explain.cli import LitExplainCLI
+
+        cli = LitExplainCLI(args=["--config", args.config, *args.override], run=False)
+        return cli.model, cli.datamodule
+    dm = ShapesDataModule(
+        train_size=args.train_size, val_size=val_size or args.val_size, batch_size=args.batch_size, seed=0
+    )
+    return ImageClassifier("resnet18", optimizer="adamw", lr=5e-3, scheduler="none"), dm
+
+
+def run_fit(args: argparse.Namespace, with_callbacks: bool, log_dir: str) -> list[float]:
+    L.seed_everything(0, verbose=False)
+    model, dm = build(args)
+    timer = EpochTimer()
+    callbacks = [*(default_callbacks() if with_callbacks else []), timer]
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        accelerator=args.accelerator,
+        devices=1,
+        logger=TensorBoardLogger(log_dir),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        precision=args.precision,
+    )
+    trainer.fit(model, datamodule=dm)
+    return timer.times
+
+
+def run_memory(args: argparse.Namespace, val_size: int, log_dir: str) -> int:
+    L.seed_everything(0, verbose=False)
+    model, dm = build(args, val_size=val_size)
+    watched = default_callbacks()
+    probe = StateBytes(watched)
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        logger=TensorBoardLogger(log_dir),
+        callbacks=[*watched, probe],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.validate(model, datamodule=dm)
+    return probe.peak
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not timed)")
+    parser.add_argument("--train-size", type=int, default=3000)
+    parser.add_argument("--val-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating without/with pairs")
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[1000, 20000])
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--config", default=None, help="a recipe YAML instead of the built-in shapes setup")
+    parser.add_argument("--override", nargs="*", default=[], help="extra LightningCLI arguments for --config")
+    parser.add_argument("--log-dir", default="lightning_logs/bench_callbacks")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (the first epoch is not timed)")
+
+    without: list[float] = []
+    with_cb: list[float] = []
+    for r in range(args.repeats):
+        without += run_fit(args, False, f"{args.log_dir}/without_{r}")[1:]
+        with_cb += run_fit(args, True, f"{args.log_dir}/with_{r}")[1:]
+    t0, t1 = statistics.median(without), statistics.median(with_cb)
+    result: dict[str, Any] = {
+        "epoch_s_without": round(t0, 3),
+        "epoch_s_with": round(t1, 3),
+        "ratio": round(t1 / t0, 4),
+        "epochs_timed": len(without),
+        "memory_bytes_by_val_size": {},
+    }
+    print(f"epoch wall time: without {t0:.2f} s, with callbacks {t1:.2f} s, ratio {t1 / t0:.3f}")
+    for size in args.memory_sizes:
+        peak = run_memory(args, size, f"{args.log_dir}/memory_{size}")
+        result["memory_bytes_by_val_size"][str(size)] = peak
+        print(f"validation set {size:>6}: callbacks hold at most {peak / 1024:.1f} KiB of tensors")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
