@@ -118,15 +118,12 @@ def test_bad_input_is_a_clear_error(quick_ckpt, odd_images, tmp_path, capsys, ex
     assert message in err and "Traceback" not in err
 
 
-def test_plain_file_with_labels_and_help(gray_plain_file, odd_images, tmp_path):
+def test_plain_file_with_labels_and_help(gray_plain_file, odd_images, tmp_path, capsys):
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"0": "cat", "1": "dog", "2": "bird"}))
     out = tmp_path / "plain"
-    code = subprocess.run(
+    code = lit_main(
         [
-            sys.executable,
-            "-m",
-            "lit_explain",
             "explain",
             "--ckpt_path",
             str(gray_plain_file),
@@ -140,17 +137,37 @@ def test_plain_file_with_labels_and_help(gray_plain_file, odd_images, tmp_path):
             "dog",
             "--output",
             str(out),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "class_analysis_dog.json").read_text())["class_name"] == "dog"
+    with pytest.raises(SystemExit) as exited:
+        lit_main(["explain", "--help"])
+    assert exited.value.code == 0
+    helped = capsys.readouterr().out
+    assert "--images_dir" in helped and "--top_k" in helped and "--class_name" in helped
+
+
+def test_module_entry_point(quick_ckpt, odd_images, tmp_path):
+    out = tmp_path / "sub"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lit_explain",
+            "explain",
+            "--ckpt_path",
+            str(quick_ckpt),
+            "--image",
+            str(odd_images["tiny.bmp"]),
+            "--output",
+            str(out),
+            "--no_guided",
+            "true",
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert code.returncode == 0, code.stderr
-    assert json.loads((out / "class_analysis_dog.json").read_text())["class_name"] == "dog"
-    helped = subprocess.run(
-        [sys.executable, "-m", "lit_explain", "explain", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert helped.returncode == 0 and "--images_dir" in helped.stdout and "--top_k" in helped.stdout
+    assert done.returncode == 0, done.stderr
+    assert (out / "gradcam_prediction.png").is_file()

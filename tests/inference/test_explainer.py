@@ -43,8 +43,7 @@ def test_maps_equal_the_engine_on_the_model_input(explainer, odd_images):
 
 def test_named_class_by_name_index_and_case(explainer, odd_images):
     a = explainer.explain(odd_images["gray.png"], target="triangle")
-    b = explainer.explain(odd_images["gray.png"], target=2)
-    c = explainer.explain(odd_images["gray.png"], target="TRIANGLE")
+    b, c = explainer.explain_batch([odd_images["gray.png"]] * 2, target=[2, "TRIANGLE"])
     for r in (a, b, c):
         assert r.requested == "triangle" and r.primary.class_name == "triangle"
         assert r.for_prediction is not None  # the prediction is explained alongside
@@ -62,7 +61,7 @@ def test_top_k_explains_each_class_in_one_batch(explainer, odd_images):
 
 
 def test_batch_equals_one_by_one(explainer, odd_images):
-    paths = list(odd_images.values())
+    paths = [odd_images[n] for n in ("rgb.jpg", "deep16.png", "tiny.bmp")]
     together = explainer.explain_batch(paths, top_k=2)
     for path, r in zip(paths, together, strict=True):
         alone = explainer.explain(path, top_k=2)
@@ -128,3 +127,22 @@ def test_explainer_runs_on_the_models_device(quick_ckpt, odd_images):
     was_training = model.training
     e.explain(odd_images["rgb.jpg"], top_k=2)
     assert model.training == was_training and all(p.grad is None for p in model.parameters())
+
+
+def test_vgg_features_layer_like_the_vgg16_example(odd_images):
+    # VGG16's `features.29` is the ReLU after its last convolution; in VGG11 that is `features.19`. Same code
+    # path (a layer named features.N, inplace ReLUs for guided backprop), a smaller net and a 64x64 input.
+    from lit_explain.models import ImageClassifier
+
+    torch.manual_seed(0)
+    model = ImageClassifier(
+        "vgg11",
+        num_classes=4,
+        class_names=["a", "b", "c", "d"],
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        input_size=[64, 64],
+    )
+    r = Explainer(model, layer="features.19").explain(odd_images["rgb.jpg"], top_k=2)
+    assert r.layer == "features.19" and len(r.top_explained) == 2
+    assert r.primary.guided is not None and r.primary.map.shape == (1, 64, 64)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from PIL import Image
-from serve_helpers import b64, free_port, png_bytes, start_server
+from serve_helpers import b64, png_bytes
 
 
 def test_binds_loopback_by_default_and_answers(live_server):
@@ -71,8 +71,12 @@ def test_concurrent_clients(live_server):
     assert batching["largest_batch"] > 1
 
 
-def test_startup_errors_are_reported(serve_ckpt, tmp_path):
-    with pytest.raises(RuntimeError, match="--log_below must be a confidence"):
-        start_server(serve_ckpt, free_port(), "--log_below", "1.5", timeout=60)
-    with pytest.raises(RuntimeError, match="does not exist"):
-        start_server(tmp_path / "missing.ckpt", free_port(), timeout=60)
+def test_startup_errors_are_reported(serve_ckpt, tmp_path, capsys):
+    from lit_explain.serve.cli import main as serve_main
+
+    assert serve_main(["--ckpt_path", str(serve_ckpt), "--log_below", "1.5"]) == 2
+    assert "--log_below must be a confidence" in capsys.readouterr().err
+    assert serve_main(["--ckpt_path", str(tmp_path / "missing.ckpt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert serve_main(["--ckpt_path", str(serve_ckpt), "--layer", "layer9"]) == 2
+    assert "layer9" in capsys.readouterr().err
