@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -21,7 +22,7 @@ from lit_explain.errors import DataError
 
 DEFAULT_MAX_PIXELS = 50_000_000  # a 50-megapixel photo is fine, a 30,000 x 30,000 bomb is not
 
-ImageSource = str | Path | bytes | bytearray | Image.Image
+ImageSource = str | Path | bytes | bytearray | Image.Image | np.ndarray | torch.Tensor
 
 
 class ImageTooLargeError(DataError):
@@ -43,7 +44,24 @@ def _describe(source: ImageSource) -> str:
         return "<bytes>"
     if isinstance(source, Image.Image):
         return "<PIL image>"
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return f"<{type(source).__name__} {tuple(source.shape)}>"
     return str(source)
+
+
+def _as_pil(array: np.ndarray | torch.Tensor) -> Image.Image:
+    """An in-memory picture as PIL: numpy ``[H, W(, C)]``, torch ``[C, H, W]`` / ``[H, W]``, float in [0, 1] or uint8."""
+    from lit_explain.render import to_hwc_uint8
+
+    if isinstance(array, np.ndarray):
+        array = np.require(
+            array, requirements="W"
+        )  # torch.from_numpy warns on read-only arrays (np.asarray(PIL))
+    try:
+        pixels = to_hwc_uint8(array)
+    except (ValueError, TypeError) as exc:
+        raise ImageDecodeError(f"cannot use {_describe(array)} as an image: {exc}") from exc
+    return Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
 
 
 def check_pixels(source: ImageSource, max_pixels: int) -> tuple[int, int]:
@@ -125,20 +143,29 @@ class Preprocessor:
         return cls(size, hp["mean"], hp["std"], in_channels, max_pixels)
 
     def __call__(self, source: ImageSource) -> Prepared:
-        """Decode ``source`` (path, bytes or PIL image) and return the normalised model input."""
+        """Decode ``source`` and return the normalised model input.
+
+        ``source`` is a path, encoded bytes, a PIL image, a numpy array ``[H, W(, C)]`` or a tensor
+        ``[C, H, W]`` (float in [0, 1] or uint8; un-normalised pixels, not a model input).
+        """
+        name = _describe(source)
+        if isinstance(source, (np.ndarray, torch.Tensor)):
+            source = _as_pil(source)
         size = check_pixels(source, self.max_pixels)
         if isinstance(source, Image.Image):
             original_mode = source.mode
             buffer = io.BytesIO()
-            source.save(buffer, format="PNG")  # through load_image so every mode is handled the same way
+            # Through load_image, so every mode is converted the same way; TIFF keeps CMYK, 16-bit and alpha.
+            try:
+                source.save(buffer, format="TIFF")
+            except (OSError, ValueError) as exc:
+                raise ImageDecodeError(f"cannot use a PIL image of mode {source.mode}: {exc}") from exc
             image = load_image(buffer.getvalue(), mode=self.mode)
         else:
             original_mode = _peek_mode(source)
             image = load_image(bytes(source) if isinstance(source, bytearray) else source, mode=self.mode)
         tensor = self._transform(image)
-        return Prepared(
-            tensor=tensor, source=_describe(source), original_size=size, original_mode=original_mode
-        )
+        return Prepared(tensor=tensor, source=name, original_size=size, original_mode=original_mode)
 
 
 def _peek_mode(source: str | Path | bytes | bytearray) -> str:

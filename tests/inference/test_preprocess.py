@@ -68,3 +68,33 @@ def test_not_an_image_names_the_source():
 def test_mismatched_normalisation_is_reported():
     with pytest.raises(ValueError, match="3 means"):
         Preprocessor((32, 32), mean=[0.5] * 3, std=[0.25] * 3, in_channels=1)
+
+
+def test_arrays_and_tensors_are_pictures(odd_images):
+    import numpy as np
+
+    prep = Preprocessor((24, 24), mean=[0.5] * 3, std=[0.25] * 3)
+    with Image.open(odd_images["rgb.jpg"]) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    from_array = prep(pixels)
+    from_tensor = prep(torch.from_numpy(pixels).permute(2, 0, 1))
+    from_float = prep(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255)
+    assert from_array.source == "<ndarray (120, 90, 3)>" and from_array.original_size == (90, 120)
+    assert torch.equal(from_array.tensor, from_tensor.tensor)
+    torch.testing.assert_close(from_array.tensor, from_float.tensor)
+    assert prep(np.zeros((10, 12), dtype=np.uint8)).tensor.shape == (3, 24, 24)
+    with pytest.raises(ImageDecodeError, match="cannot use"):
+        prep(np.zeros((2, 3, 4, 5, 6), dtype=np.uint8))
+
+
+def test_cmyk_jpeg(tmp_path):
+    path = tmp_path / "print.jpg"
+    Image.new("CMYK", (30, 20), (0, 255, 255, 0)).save(path)  # pure red in print colours
+    prepared = Preprocessor((8, 8), mean=[0.0] * 3, std=[1.0] * 3)(path)
+    assert prepared.original_mode == "CMYK"
+    red, green = float(prepared.tensor[0].mean()), float(prepared.tensor[1].mean())
+    assert red > 0.8 and green < 0.2
+    with Image.open(path) as image:  # the same picture handed over as a PIL image
+        torch.testing.assert_close(
+            Preprocessor((8, 8), mean=[0.0] * 3, std=[1.0] * 3)(image.copy()).tensor, prepared.tensor
+        )
