@@ -75,7 +75,7 @@ def test_arrays_and_tensors_are_pictures(odd_images):
 
     prep = Preprocessor((24, 24), mean=[0.5] * 3, std=[0.25] * 3)
     with Image.open(odd_images["rgb.jpg"]) as image:
-        pixels = np.asarray(image.convert("RGB"))
+        pixels = np.array(image.convert("RGB"))
     from_array = prep(pixels)
     from_tensor = prep(torch.from_numpy(pixels).permute(2, 0, 1))
     from_float = prep(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255)
