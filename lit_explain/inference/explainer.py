@@ -154,6 +154,9 @@ class Explainer:
         max_pixels: largest decoded image accepted.
         alpha: heatmap weight of the overlay.
 
+    One call at a time: the explain engine hooks the model during a call, so concurrent callers must
+    serialise (the HTTP service funnels every request through one micro-batching worker).
+
     Example:
         >>> explainer = Explainer.from_checkpoint("last.ckpt")                      # doctest: +SKIP
         >>> result = explainer.explain("leaf.jpg", target=None, top_k=3)          # doctest: +SKIP
