@@ -49,7 +49,9 @@ def build_parser() -> ArgumentParser:
         "--layer", type=str | None, default=None, help="layer to explain (default: the last spatial layer)"
     )
     p.add_argument("--method", type=str, default="gradcam", help=f"CAM method: {', '.join(METHODS)}")
-    p.add_argument("--classes", type=list[str | int] | None, default=None, help="only these classes (names or ids)")
+    p.add_argument(
+        "--classes", type=list[str | int] | None, default=None, help="only these classes (names or ids)"
+    )
     p.add_argument("--max_samples", type=int | None, default=None, help="audit at most this many samples")
     p.add_argument("--compare_to", type=str | None, default=None, help="another audit report to compare with")
     p.add_argument("--data_config", type=str | None, default=None, help="YAML file with the data section")
