@@ -14,6 +14,7 @@ import argparse
 import torch
 
 from lit_explain.callbacks._panels import class_name, display_images, explain_batch, render_rows
+from lit_explain.callbacks.probes import PAPER_IMAGE_PX, PAPER_TOLERANCE_PX
 from lit_explain.data import ShapesDataModule
 from lit_explain.explain.metrics import energy_pointing_game, pointing_game
 from lit_explain.models.loading import classifier_from_checkpoint
@@ -64,7 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"probes: {len(captions)}  accuracy: {float((explained.preds == batch['label']).float().mean()):.3f}"
     )
-    print(f"pointing game (object): {float(pointing_game(maps, masks, reduction='mean')):.3f}")
+    tolerance = round(PAPER_TOLERANCE_PX * min(masks.shape[-2:]) / PAPER_IMAGE_PX)
+    print(f"pointing game (object, strict): {float(pointing_game(maps, masks, reduction='mean')):.3f}")
+    hits = float(pointing_game(maps, masks, tolerance=tolerance, reduction="mean"))
+    print(f"pointing game (object, {tolerance} px tolerance as the callback): {hits:.3f}")
     print(f"energy in object mask:  {float(energy_pointing_game(maps, masks, reduction='mean')):.3f}")
     print(f"pointing game (corner): {float(pointing_game(maps, corner, reduction='mean')):.3f}")
     print(f"wrote {args.output}")

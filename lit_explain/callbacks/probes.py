@@ -20,6 +20,9 @@ from lit_explain.errors import ConfigError
 from lit_explain.explain.metrics import drift, energy_pointing_game, pointing_game
 
 UNKNOWN_LABEL = -1
+# The pointing game's tolerance in Zhang et al. (ECCV 2016): 15 pixels on 224-pixel images.
+PAPER_TOLERANCE_PX = 15
+PAPER_IMAGE_PX = 224
 
 
 class ProbeHeatmaps(Callback):
@@ -55,6 +58,8 @@ class ProbeHeatmaps(Callback):
         alpha: heatmap opacity in the overlays.
         cmap: matplotlib colormap of the heatmaps.
         min_cell: the short side of each grid cell in pixels (small images are upscaled to it).
+        pointing_tolerance: pointing-game tolerance in pixels; None = Zhang et al.'s 15 px at 224 px scaled
+            to the images' short side (4 px at 64 px, 2 px at 32 px); 0 = the peak must be on the object.
 
     Example (YAML, under ``trainer.callbacks``)::
 
@@ -78,8 +83,13 @@ class ProbeHeatmaps(Callback):
         alpha: float = 0.5,
         cmap: str = "jet",
         min_cell: int = 128,
+        pointing_tolerance: int | None = None,
     ) -> None:
         super().__init__()
+        if pointing_tolerance is not None and pointing_tolerance < 0:
+            raise ConfigError(
+                f"ProbeHeatmaps: pointing_tolerance must be >= 0 pixels, got {pointing_tolerance}"
+            )
         if per_class < 1 or max_probes < 1:
             raise ConfigError(
                 f"ProbeHeatmaps: per_class and max_probes must be >= 1, got {per_class}, {max_probes}"
@@ -111,6 +121,7 @@ class ProbeHeatmaps(Callback):
         self.alpha = alpha
         self.cmap = cmap
         self.min_cell = min_cell
+        self.pointing_tolerance = pointing_tolerance
         self.probe_ids: list[int] | list[str] | None = None
         self.prev_maps: Tensor | None = None
         self.last_scalars: dict[str, float] = {}

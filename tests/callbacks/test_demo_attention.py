@@ -23,7 +23,7 @@ def test_probe_maps_sit_on_the_object_after_a_demo_fit(tmp_path: Path) -> None:
     L.seed_everything(0, verbose=False)
     dm = ShapesDataModule(train_size=1500, val_size=120, test_size=60, batch_size=32, seed=0)
     model = ImageClassifier("resnet18", optimizer="adamw", lr=5e-3, weight_decay=0.05, scheduler="onecycle")
-    probes = ProbeHeatmaps(per_class=2, layer="layer3")
+    probes = ProbeHeatmaps(per_class=5, layer="layer3")
     trainer = L.Trainer(
         max_epochs=4,
         accelerator="cpu",
