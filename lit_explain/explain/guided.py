@@ -7,7 +7,9 @@ gradients where the ReLU's input was positive. Instead of swapping ``nn.ReLU`` m
 without ``inplace``, a module called twice, ``F.relu``, ``torch.relu``, ``torch.relu_``,
 ``Tensor.relu``, ``Tensor.relu_``) to an autograd Function with the guided backward. The model's
 modules are never replaced, so nothing needs restoring but the train/eval flags and the hooks,
-which :class:`~lit_explain.explain.hooks.LayerCapture` handles.
+which :class:`~lit_explain.explain.hooks.LayerCapture` handles. Calls below the Python API
+(``torch.ops.aten.relu`` directly, TorchScript or compiled graphs) are not seen and keep the plain
+backward; other activations (SiLU, Hardswish, GELU) keep theirs too, as in captum.
 """
 
 from __future__ import annotations
