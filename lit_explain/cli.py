@@ -51,7 +51,9 @@ class LitExplainCLI(LightningCLI):
         kwargs.setdefault("datamodule_class", ExplainableDataModule)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("parser_kwargs", {"description": "lit_explain: train and explain image classifiers"})
+        kwargs.setdefault(
+            "parser_kwargs", {"description": "lit_explain: train and explain image classifiers"}
+        )
         super().__init__(*args, **kwargs)
 
     def after_fit(self) -> None:

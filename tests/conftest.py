@@ -23,8 +23,12 @@ def train_shapes_checkpoint(directory: Path, epochs: int = 1, train_size: int = 
     dm = ShapesDataModule(train_size=train_size, val_size=64, test_size=64, batch_size=32, **data_kwargs)
     model = ImageClassifier("resnet18", optimizer="adamw", lr=3e-3, scheduler="none")
     trainer = L.Trainer(
-        max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=directory, callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=directory, save_last=True)],
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=directory,
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=directory, save_last=True)],
     )
     trainer.fit(model, datamodule=dm)
     return directory / "last.ckpt"

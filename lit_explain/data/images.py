@@ -65,9 +65,7 @@ def load_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
         raise ImageDecodeError(f"cannot decode image {name}: {exc}") from exc
 
 
-def eval_transform(
-    input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
+def eval_transform(input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """PIL image -> normalised float tensor [C, H, W] at exactly ``input_size`` (height, width).
 
     The whole image is resized (no crop), so an explanation covers everything the user sent.

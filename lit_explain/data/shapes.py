@@ -46,8 +46,23 @@ def _polygon(kind: str, radius: float, angle: float) -> np.ndarray:
         pts = np.stack([np.cos(t) * r, np.sin(t) * r], 1)
     elif kind == "cross":
         a, b = radius, radius * 0.34
-        pts = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b],
-                        [-a, -b], [-b, -b]], dtype=np.float64)
+        pts = np.array(
+            [
+                [-b, -a],
+                [b, -a],
+                [b, -b],
+                [a, -b],
+                [a, b],
+                [b, b],
+                [b, a],
+                [-b, a],
+                [-b, b],
+                [-a, b],
+                [-a, -b],
+                [-b, -b],
+            ],
+            dtype=np.float64,
+        )
     else:
         raise ValueError(f"not a polygon shape: {kind}")
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -103,11 +118,11 @@ def render_shape_sample(
     angle = rng.uniform(0, 2 * np.pi)
     mask = np.zeros((size, size), np.uint8)
     shift = 4  # sub-pixel precision for cv2's integer vertices
-    centre = (int(round(cx * (1 << shift))), int(round(cy * (1 << shift))))
+    centre = (round(cx * (1 << shift)), round(cy * (1 << shift)))
     if kind in ("circle", "ring"):
-        cv2.circle(mask, centre, int(round(radius * (1 << shift))), 1, thickness=-1, shift=shift)
+        cv2.circle(mask, centre, round(radius * (1 << shift)), 1, thickness=-1, shift=shift)
         if kind == "ring":
-            cv2.circle(mask, centre, int(round(radius * 0.55 * (1 << shift))), 0, thickness=-1, shift=shift)
+            cv2.circle(mask, centre, round(radius * 0.55 * (1 << shift)), 0, thickness=-1, shift=shift)
     else:
         pts = _polygon(kind, radius, angle) + np.array([cx, cy])
         cv2.fillPoly(mask, [np.round(pts * (1 << shift)).astype(np.int32)], 1, shift=shift)
@@ -167,14 +182,22 @@ class ShapesDataset(Dataset):
             raise IndexError(f"index {index} out of range for a {self.split} split of {self.length} samples")
         if index not in self._cache:
             self._cache[index] = render_shape_sample(
-                self.seed, self.split, index, self.image_size, noise=self.noise, cue=self.cue,
-                cue_probability=self.cue_probability, corner=self.corner,
+                self.seed,
+                self.split,
+                index,
+                self.image_size,
+                noise=self.noise,
+                cue=self.cue,
+                cue_probability=self.cue_probability,
+                corner=self.corner,
             )
         return self._cache[index]
 
     def label(self, index: int) -> int:
         """The label of a sample without drawing it (the label is the generator's first draw)."""
-        return int(np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index]).integers(len(SHAPE_NAMES)))
+        return int(
+            np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index]).integers(len(SHAPE_NAMES))
+        )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         image, label, mask = self.raw(index)
@@ -230,7 +253,9 @@ class ShapesDataModule(ExplainableDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if image_size < 24:
-            raise ConfigError(f"data.image_size must be at least 24 pixels to draw the shapes, got {image_size}")
+            raise ConfigError(
+                f"data.image_size must be at least 24 pixels to draw the shapes, got {image_size}"
+            )
         for name, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if value < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {value}")
@@ -251,8 +276,16 @@ class ShapesDataModule(ExplainableDataModule):
         else:
             cue = "random" if hp.spurious_cue and hp.eval_cue == "random" else "none"
         return ShapesDataset(
-            self.sizes[split], split, seed=hp.seed, image_size=hp.image_size, noise=hp.noise, cue=cue,
-            cue_probability=hp.cue_probability, corner=hp.corner, mean=self.mean, std=self.std,
+            self.sizes[split],
+            split,
+            seed=hp.seed,
+            image_size=hp.image_size,
+            noise=hp.noise,
+            cue=cue,
+            cue_probability=hp.cue_probability,
+            corner=hp.corner,
+            mean=self.mean,
+            std=self.std,
         )
 
     def split_labels(self, split: str) -> torch.Tensor:

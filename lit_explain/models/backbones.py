@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -57,8 +59,15 @@ def replace_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     if conv.in_channels == in_channels:
         return model
     new = nn.Conv2d(
-        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        conv.groups, conv.bias is not None, conv.padding_mode,
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        conv.padding_mode,
     )
     with torch.no_grad():
         # Keep pretrained filters meaningful: the mean over RGB responds to intensity like the original did.
@@ -142,8 +151,10 @@ def build_backbone(
             chosen = weights_enum[weights] if weights != "DEFAULT" else weights_enum.DEFAULT
         except KeyError:
             options = ", ".join(["DEFAULT", *weights_enum.__members__])
-            raise ConfigError(f"model.weights={weights!r} is not available for {name}; choose one of {options}")
-        model = torchvision.models.get_model(name, weights=chosen)
+            raise ConfigError(
+                f"model.weights={weights!r} is not available for {name}; choose one of {options}"
+            ) from None
+        model = _download_or_load(name, chosen)
         replace_head(model, num_classes)
     else:
         model = torchvision.models.get_model(name, num_classes=num_classes)
@@ -152,3 +163,16 @@ def build_backbone(
     if cifar_stem:
         apply_cifar_stem(model)
     return model
+
+
+def _download_or_load(name: str, weights: torchvision.models.WeightsEnum) -> torch.nn.Module:
+    """Build ``name`` with ``weights``; a failed download names the file to place in the cache instead."""
+    try:
+        return torchvision.models.get_model(name, weights=weights)
+    except (URLError, OSError) as err:
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+        raise ConfigError(
+            f"could not download the {weights} weights for {name} ({err}). Without internet, copy "
+            f"{Path(urlparse(weights.url).path).name} (from {weights.url}) to {cache} "
+            "(set TORCH_HOME to choose the cache folder), or pass model.weights_path=<file>."
+        ) from err

@@ -95,8 +95,12 @@ class ImageClassifier(L.LightningModule):
         if hp.in_channels is None:
             hp.in_channels = 3
         self.net = build_backbone(
-            hp.backbone, hp.num_classes, in_channels=hp.in_channels, cifar_stem=hp.cifar_stem,
-            weights=hp.weights, weights_path=hp.weights_path,
+            hp.backbone,
+            hp.num_classes,
+            in_channels=hp.in_channels,
+            cifar_stem=hp.cifar_stem,
+            weights=hp.weights,
+            weights_path=hp.weights_path,
         )
         if hp.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -170,7 +174,9 @@ class ImageClassifier(L.LightningModule):
         return compiled(images) if compiled is not None else self.net(images)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing, reduction=reduction)
+        return F.cross_entropy(
+            logits, labels, label_smoothing=self.hparams.label_smoothing, reduction=reduction
+        )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, labels = split_batch(batch)
@@ -234,7 +240,9 @@ class ImageClassifier(L.LightningModule):
         hp = self.hparams
         groups = self._param_groups()
         if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0)
+            optimizer = torch.optim.SGD(
+                groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0
+            )
         elif hp.optimizer == "adamw":
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         else:
@@ -250,11 +258,15 @@ class ImageClassifier(L.LightningModule):
             cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup))
             if warmup > 0:
                 ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
-                scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+                scheduler = torch.optim.lr_scheduler.SequentialLR(
+                    optimizer, [ramp, cosine], milestones=[warmup]
+                )
             else:
                 scheduler = cosine
         else:
-            raise ConfigError(f"model.scheduler={hp.scheduler!r} is not supported; choose cosine, onecycle or none")
+            raise ConfigError(
+                f"model.scheduler={hp.scheduler!r} is not supported; choose cosine, onecycle or none"
+            )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints ------------------------------------------------------------------------------

@@ -23,12 +23,19 @@ def test_unknown_backbone_lists_the_valid_choices():
     with pytest.raises(ConfigError) as info:
         build_backbone("resnet19", num_classes=3)
     message = str(info.value)
-    assert "resnet19" in message and "Did you mean" in message and "resnet18" in message and "vgg16_bn" in message
+    assert (
+        "resnet19" in message
+        and "Did you mean" in message
+        and "resnet18" in message
+        and "vgg16_bn" in message
+    )
 
 
 def test_num_classes_disagreeing_with_the_data_is_an_error():
     model = ImageClassifier(num_classes=10)
-    with pytest.raises(ConfigError, match=r"num_classes=10 disagrees with the data module, which has 6 classes"):
+    with pytest.raises(
+        ConfigError, match=r"num_classes=10 disagrees with the data module, which has 6 classes"
+    ):
         model.adopt_data_metadata(ShapesDataModule().metadata())
 
 
@@ -41,7 +48,11 @@ def test_metadata_is_adopted_from_the_data_module():
 
 def test_validation_step_returns_what_callbacks_need():
     model = ImageClassifier(num_classes=6).eval()
-    batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 3]), "index": torch.arange(4)}
+    batch = {
+        "image": torch.randn(4, 3, 32, 32),
+        "label": torch.tensor([0, 1, 2, 3]),
+        "index": torch.arange(4),
+    }
     out = model.validation_step(batch, 0)
     assert out["per_sample_loss"].shape == (4,) and out["probs"].shape == (4, 6)
     assert torch.allclose(out["probs"].sum(1), torch.ones(4))
@@ -59,8 +70,14 @@ def test_classifier_learns_shapes(tmp_path):
     L.seed_everything(0, verbose=False)
     dm = ShapesDataModule(train_size=1200, val_size=300, batch_size=32)
     model = ImageClassifier("resnet18", optimizer="adamw", lr=5e-3, weight_decay=0.05, scheduler="onecycle")
-    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
-                        enable_checkpointing=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=dm)
     accuracy = float(trainer.callback_metrics["val/acc"])
     assert accuracy > 0.5, f"validation accuracy {accuracy:.3f} is not far above chance (1/6)"
@@ -78,7 +95,7 @@ def test_checkpoint_alone_rebuilds_model_and_preprocessing(shapes_checkpoint):
     # checkpoint's own metadata.
     reference = ImageClassifier(**{k: v for k, v in hp.items() if not k.startswith("_")})
     reference.load_state_dict(checkpoint["state_dict"])
-    sample, label, _ = ShapesDataModule().dataset("val").raw(0)
+    sample, _, _ = ShapesDataModule().dataset("val").raw(0)
     from PIL import Image
 
     x = eval_transform(hp.input_size, hp.mean, hp.std)(Image.fromarray(sample))[None]
@@ -107,3 +124,18 @@ def test_training_step_accepts_mixed_soft_labels():
     loss = model.training_step({"image": images, "label": soft}, 0)
     hard = model.training_step({"image": images, "label": torch.tensor([0, 1, 3])}, 0)
     assert loss.ndim == 0 and torch.isfinite(loss) and not torch.equal(loss, hard)
+
+
+def test_offline_weights_download_names_the_cache_file(monkeypatch, tmp_path):
+    """Without internet, asking for ImageNet weights says which file to put where."""
+    from urllib.error import URLError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise URLError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(ConfigError, match=r"resnet18-f37072fd\.pth") as info:
+        build_backbone("resnet18", num_classes=4, weights="IMAGENET1K_V1")
+    assert str(tmp_path / "hub" / "checkpoints") in str(info.value)

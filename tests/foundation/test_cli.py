@@ -49,8 +49,15 @@ def test_bad_backbone_names_the_valid_choices(capsys):
 
 
 def test_num_classes_mismatch_is_reported(capsys, tmp_path):
-    code = main(["fit", "--model.num_classes=10", "--trainer.fast_dev_run=true",
-                 f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"])
+    code = main(
+        [
+            "fit",
+            "--model.num_classes=10",
+            "--trainer.fast_dev_run=true",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+        ]
+    )
     assert code == 2
     assert "num_classes=10 disagrees with the data module, which has 6 classes" in capsys.readouterr().err
 
@@ -69,9 +76,19 @@ def test_every_registered_subcommand_imports(name):
 
 def test_fast_dev_run_through_the_real_cli(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "lit_explain", "fit", "--trainer.fast_dev_run=true",
-         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lit_explain",
+            "fit",
+            "--trainer.fast_dev_run=true",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fast_dev_run" in result.stderr + result.stdout

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from lit_explain.data.shapes import CUE_COLOURS, SHAPE_NAMES, ShapesDataModule, ShapesDataset, render_shape_sample
+from lit_explain.data.shapes import (
+    CUE_COLOURS,
+    SHAPE_NAMES,
+    ShapesDataModule,
+    ShapesDataset,
+    render_shape_sample,
+)
 from lit_explain.errors import ConfigError
 
 
@@ -68,9 +74,13 @@ def test_spurious_cue_is_in_train_only_and_tied_to_the_label():
 
 
 def test_cue_probability_and_random_eval_cue():
-    dm = ShapesDataModule(train_size=400, val_size=200, spurious_cue=True, cue_probability=0.5, eval_cue="random")
+    dm = ShapesDataModule(
+        train_size=400, val_size=200, spurious_cue=True, cue_probability=0.5, eval_cue="random"
+    )
     train = dm.dataset("train")
-    with_cue = sum(np.abs(_corner(train.raw(i)[0]) - CUE_COLOURS[train.raw(i)[1]]).max() < 12 for i in range(400))
+    with_cue = sum(
+        np.abs(_corner(train.raw(i)[0]) - CUE_COLOURS[train.raw(i)[1]]).max() < 12 for i in range(400)
+    )
     assert 150 < with_cue < 250
     val = dm.dataset("val")
     patches = [int(np.abs(_corner(val.raw(i)[0])[None] - CUE_COLOURS).max(1).argmin()) for i in range(200)]
