@@ -13,8 +13,8 @@ import argparse
 
 import torch
 
+from lit_explain.callbacks import ProbeHeatmaps
 from lit_explain.callbacks._panels import class_name, display_images, explain_batch, render_rows
-from lit_explain.callbacks.probes import PAPER_IMAGE_PX, PAPER_TOLERANCE_PX
 from lit_explain.data import ShapesDataModule
 from lit_explain.explain.metrics import energy_pointing_game, pointing_game
 from lit_explain.models.loading import classifier_from_checkpoint
@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--spurious", action="store_true", help="validation images with a random-colour corner patch"
     )
-    parser.add_argument("--layer", default="layer3")
+    parser.add_argument(
+        "--layer", nargs="+", default=["layer2", "layer3"], help="one layer, or several to fuse (the demo's)"
+    )
     parser.add_argument("--per-class", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
@@ -45,7 +47,13 @@ def main(argv: list[str] | None = None) -> None:
         val_size=500, spurious_cue=args.spurious, eval_cue="random" if args.spurious else "none"
     )
     batch = dm.samples(dm.probe_indices(per_class=args.per_class, max_total=32))
-    explained = explain_batch(model.net, batch["image"], batch["label"], args.layer, "gradcam")
+    explained = explain_batch(
+        model.net,
+        batch["image"],
+        batch["label"],
+        args.layer[0] if len(args.layer) == 1 else args.layer,
+        "gradcam",
+    )
     names = model.class_names
     conf = explained.probs.gather(1, explained.preds[:, None])[:, 0]
     captions = [
@@ -65,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"probes: {len(captions)}  accuracy: {float((explained.preds == batch['label']).float().mean()):.3f}"
     )
-    tolerance = round(PAPER_TOLERANCE_PX * min(masks.shape[-2:]) / PAPER_IMAGE_PX)
+    tolerance = ProbeHeatmaps().tolerance_px(masks.shape[-2:])
     print(f"pointing game (object, strict): {float(pointing_game(maps, masks, reduction='mean')):.3f}")
     hits = float(pointing_game(maps, masks, tolerance=tolerance, reduction="mean"))
     print(f"pointing game (object, {tolerance} px tolerance as the callback): {hits:.3f}")

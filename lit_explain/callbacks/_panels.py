@@ -33,7 +33,7 @@ class Explained:
 
 
 def explain_batch(
-    net: nn.Module, images: Tensor, labels: Tensor, layer: str | None, method: str
+    net: nn.Module, images: Tensor, labels: Tensor, layer: str | list[str] | None, method: str
 ) -> Explained:
     """Guided Grad-CAM for the predicted class (its CAM comes from the same pass) plus a CAM of the true class.
 

@@ -52,6 +52,7 @@ class ProbeHeatmaps(Callback):
         every_n_epochs: explain after every n-th training epoch's validation (always in validate/test).
         layer: the layer to explain (dotted name inside ``pl_module.net``); None = automatic (the last
             spatial layer, ``layer4`` for ResNets).
+            A list of names fuses their maps (finer maps where the last layer is coarse).
         method: a CAM method of :mod:`lit_explain.explain` (``gradcam``, ``gradcam++``, ``layercam`` ...).
         scalar_target: which maps the scalars use: ``"pred"`` (where the model looks for its decision)
             or ``"true"`` (its evidence for the right class).
@@ -77,7 +78,7 @@ class ProbeHeatmaps(Callback):
         max_probes: int = 32,
         split: Literal["train", "val", "test"] = "val",
         every_n_epochs: int = 1,
-        layer: str | None = None,
+        layer: str | list[str] | None = None,
         method: str = "gradcam",
         scalar_target: Literal["pred", "true"] = "pred",
         alpha: float = 0.5,
@@ -211,13 +212,24 @@ class ProbeHeatmaps(Callback):
                 energy_pointing_game(maps, masks, reduction="mean")
             )
             scalars[tb.explain_tag(trainer, "pointing_game")] = float(
-                pointing_game(maps, masks, reduction="mean")
+                pointing_game(maps, masks, tolerance=self.tolerance_px(maps.shape[-2:]), reduction="mean")
             )
         tb.add_scalars(trainer, scalars)
         tb.flush(trainer)
         self.last_scalars = scalars
         if update_drift:
             self.prev_maps = maps.detach().cpu().clone()
+
+    def tolerance_px(self, image_size: tuple[int, int] | torch.Size) -> int:
+        """The pointing game's tolerance in pixels for images of ``image_size`` (H, W).
+
+        Example:
+            >>> ProbeHeatmaps().tolerance_px((64, 64)), ProbeHeatmaps().tolerance_px((224, 224))
+            (4, 15)
+        """
+        if self.pointing_tolerance is not None:
+            return self.pointing_tolerance
+        return round(PAPER_TOLERANCE_PX * min(image_size) / PAPER_IMAGE_PX)
 
     def _short_ids(self) -> list[str]:
         return [f"#{p}" if isinstance(p, int) else Path(p).name for p in self.probe_ids or []]

@@ -103,6 +103,7 @@ class WorstSamples(Callback):
         modes: rankings to collect: ``"loss"`` (highest loss, tag ``explain/worst``),
             ``"least_confident_correct"`` and ``"most_confident_correct"``.
         layer: the layer to explain inside ``pl_module.net``; None = automatic.
+            A list of names fuses their maps (finer maps where the last layer is coarse).
         method: a CAM method of :mod:`lit_explain.explain`.
         alpha: heatmap opacity in the overlays.
         cmap: matplotlib colormap of the heatmaps.
@@ -121,7 +122,7 @@ class WorstSamples(Callback):
         self,
         k: int = 16,
         modes: list[Mode] | None = None,
-        layer: str | None = None,
+        layer: str | list[str] | None = None,
         method: str = "gradcam",
         alpha: float = 0.5,
         cmap: str = "jet",

@@ -99,3 +99,11 @@ def test_only_tensorboard_loggers_are_written(tmp_path) -> None:
 def test_state_keys_tell_instances_apart() -> None:
     assert ProbeHeatmaps(layer="layer3").state_key != ProbeHeatmaps(layer="layer4").state_key
     assert WorstSamples(k=4).state_key != WorstSamples(k=8).state_key
+
+
+def test_pointing_tolerance_scales_with_the_image() -> None:
+    # Zhang et al.'s 15 px at 224 px, scaled to the probe images; an explicit value wins.
+    assert ProbeHeatmaps().tolerance_px((224, 224)) == 15
+    assert ProbeHeatmaps().tolerance_px((64, 64)) == 4
+    assert ProbeHeatmaps().tolerance_px((32, 48)) == 2
+    assert ProbeHeatmaps(pointing_tolerance=0).tolerance_px((64, 64)) == 0
