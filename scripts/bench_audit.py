@@ -10,6 +10,7 @@ analysis took 10-15 min on a GPU and 30-45 min on a CPU for 10,000 test images.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
@@ -70,6 +71,20 @@ def bare_inference(net: torch.nn.Module, dataset: Dataset, batch_size: int) -> f
     return time.perf_counter() - start
 
 
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> float:
+    """Reset the peak resident set (Linux) and return the current one in MiB."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    return _status_mib("VmRSS")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
@@ -88,11 +103,13 @@ def main() -> None:
     bare = bare_inference(model.net, dataset, args.batch_size)
     out = Path(tempfile.mkdtemp(prefix="bench_audit_")) / "report"
     try:
+        rss_before = reset_peak_rss()
         start = time.perf_counter()
         report = run_audit(
             model, dm, out, AuditOptions(split="test", batch_size=args.batch_size, progress=True)
         )
         audit = time.perf_counter() - start
+        peak_extra = _status_mib("VmHWM") - rss_before
         n_files = sum(1 for _ in out.rglob("*") if _.is_file())
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
@@ -102,6 +119,7 @@ def main() -> None:
     )
     print(f"bare inference:   {bare:8.1f} s")
     print(f"full audit:       {audit:8.1f} s  ({audit / bare:.2f}x inference; {n_files} files)")
+    print(f"audit peak memory over its start: {peak_extra:.0f} MiB (resident set, model and data loaded)")
     print("  phases: " + ", ".join(f"{k} {v:.1f}" for k, v in report["timing"].items()))
     print(f"bar (1.3x + 30 s): {bar:7.1f} s  -> {'PASS' if audit <= bar else 'FAIL'}")
     print(

@@ -104,7 +104,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def default_callbacks() -> list[L.Callback]:
+DEMO_LAYERS = ["layer2", "layer3"]
+
+
+def default_callbacks(as_demo: bool = False) -> list[L.Callback]:
+    """The callbacks at their class defaults, or as configs/shapes_demo.yaml sets them (48 probes, fused layers)."""
+    if as_demo:
+        return [
+            ProbeHeatmaps(per_class=8, max_probes=48, layer=DEMO_LAYERS),
+            WorstSamples(layer=DEMO_LAYERS),
+            ConfusionMatrix(normalize=True, top_n_pairs=10),
+        ]
     return [ProbeHeatmaps(), WorstSamples(), ConfusionMatrix()]
 
 
@@ -127,7 +137,7 @@ def run_fit(args: argparse.Namespace, with_callbacks: bool, log_dir: str) -> tup
     L.seed_everything(0, verbose=False)
     model, dm = build(args)
     timer = EpochTimer()
-    explainers = default_callbacks() if with_callbacks else []
+    explainers = default_callbacks(args.as_demo) if with_callbacks else []
     spent = time_hooks(explainers, lambda: model.device)
     first_epoch_spent = [0.0]
 
@@ -156,7 +166,7 @@ def run_fit(args: argparse.Namespace, with_callbacks: bool, log_dir: str) -> tup
 def run_memory(args: argparse.Namespace, val_size: int, log_dir: str) -> int:
     L.seed_everything(0, verbose=False)
     model, dm = build(args, val_size=val_size)
-    watched = default_callbacks()
+    watched = default_callbacks(args.as_demo)
     probe = StateBytes(watched)
     trainer = L.Trainer(
         accelerator=args.accelerator,
@@ -177,6 +187,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-size", type=int, default=3000)
     parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--as-demo", action="store_true", help="the callbacks as the demo recipe sets them, not the defaults"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="alternating without/with pairs")
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[1000, 20000])
     parser.add_argument("--accelerator", default="cpu")
