@@ -62,6 +62,10 @@ def resolve_targets(targets: Targets, logits: Tensor) -> Tensor:
         if out.is_floating_point() or out.dtype == torch.bool:
             raise TypeError(f"targets must be integers, got {out.dtype}")
         out = out.to(torch.int64).reshape(-1)
+        if out.is_inference():
+            # Targets made under torch.inference_mode (Lightning's validate/test) cannot be saved for the
+            # backward of the gather that picks the scores; a normal copy can.
+            out = out.clone()
         if out.numel() == 1 and batch != 1:
             out = out.expand(batch).clone()
         if out.numel() != batch:

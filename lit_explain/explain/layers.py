@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_explain.errors import ConfigError
 from lit_explain.explain._state import eval_mode, unwrap_model
 
 __all__ = ["LayerNotFoundError", "LayerSpec", "resolve_layer", "resolve_layers", "unwrap_model"]
@@ -33,8 +34,11 @@ _CONVISH: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.
 _AUTO_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
 
 
-class LayerNotFoundError(ValueError):
-    """The requested layer does not exist in the model; the message lists the names that do."""
+class LayerNotFoundError(ConfigError):
+    """The requested layer does not exist in the model; the message lists the names that do.
+
+    A :class:`~lit_explain.errors.ConfigError` (so a ``ValueError``): the CLIs report it without a traceback.
+    """
 
 
 def resolve_layer(

@@ -101,6 +101,22 @@ def test_works_inside_no_grad_and_inference_mode(context: str, which: str) -> No
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("which", ["cam", "guided_gradcam"])
+def test_targets_that_are_inference_tensors(which: str) -> None:
+    # Lightning's validate/test hand callbacks labels created under inference_mode.
+    model = make_model("resnet18")
+
+    def maps(x: torch.Tensor, targets) -> torch.Tensor:
+        if which == "cam":
+            return cam(model, x, layer="layer4", targets=targets).maps
+        return guided_gradcam(model, x, layer="layer4", targets=targets).guided
+
+    expected = maps(_x(), [1, 2])
+    with torch.inference_mode():
+        got = maps(_x(), torch.tensor([1, 2]))
+    assert torch.equal(got, expected)
+
+
 def test_autocast_bf16_gives_float32_maps() -> None:
     model = make_model("resnet18")
     x = _x()
