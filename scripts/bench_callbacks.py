@@ -111,8 +111,8 @@ def default_callbacks(as_demo: bool = False) -> list[L.Callback]:
     """The callbacks at their class defaults, or as configs/shapes_demo.yaml sets them (48 probes, fused layers)."""
     if as_demo:
         return [
-            ProbeHeatmaps(per_class=8, max_probes=48, layer=DEMO_LAYERS),
-            WorstSamples(layer=DEMO_LAYERS),
+            ProbeHeatmaps(per_class=8, max_probes=48, layer=DEMO_LAYERS, min_cell=96),
+            WorstSamples(layer=DEMO_LAYERS, min_cell=96),
             ConfusionMatrix(normalize=True, top_n_pairs=10),
         ]
     return [ProbeHeatmaps(), WorstSamples(), ConfusionMatrix()]

@@ -7,6 +7,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+from lit_explain.render import encode_png
 
 # Lightning's own stage names for the loops the callbacks take part in.
 VALIDATING = "val"
@@ -43,11 +46,36 @@ def log_step(trainer: L.Trainer) -> int:
 
 
 def add_image(trainer: L.Trainer, tag: str, image: torch.Tensor) -> None:
-    """Log a uint8 ``[3, H, W]`` image to every TensorBoard writer."""
+    """Log a uint8 ``[3, H, W]`` image to every TensorBoard writer.
+
+    The PNG is encoded once, at zlib level 1, and the same bytes go to every writer: PNG encoding at
+    SummaryWriter's default level was half of the callbacks' epoch-end time on a CPU (docs/benchmarks.md).
+    """
+    writers = tensorboard_writers(trainer)
+    if not writers:
+        return
     step = log_step(trainer)
     picture = image.detach().cpu()
-    for writer in tensorboard_writers(trainer):
-        writer.add_image(tag, picture, global_step=step, dataformats="CHW")
+    channels, height, width = picture.shape
+    summary = Summary(
+        value=[
+            Summary.Value(
+                tag=tag,
+                image=Summary.Image(
+                    height=height,
+                    width=width,
+                    colorspace=channels,
+                    encoded_image_string=encode_png(picture, compress_level=1),
+                ),
+            )
+        ]
+    )
+    for writer in writers:
+        file_writer = getattr(writer, "_get_file_writer", None)
+        if file_writer is None:  # a SummaryWriter without torch's internals: its public API
+            writer.add_image(tag, picture, global_step=step, dataformats="CHW")
+        else:
+            file_writer().add_summary(summary, step)
 
 
 def add_scalars(trainer: L.Trainer, values: dict[str, float]) -> None:

@@ -37,6 +37,8 @@ def explain_batch(
 ) -> Explained:
     """Guided Grad-CAM for the predicted class (its CAM comes from the same pass) plus a CAM of the true class.
 
+    The true-class CAM is computed only for misclassified rows; the others reuse the predicted-class CAM.
+
     The explain engine runs in eval mode with its own autograd session (so it works inside
     ``torch.inference_mode``), restores every train/eval flag and never touches ``.grad`` or BatchNorm
     statistics: training is not perturbed.
@@ -46,12 +48,17 @@ def explain_batch(
         # to record even as gather indices; a clone made outside it is an ordinary tensor.
         guided = guided_gradcam(net, images, layer=layer, targets=None, method=method)
         labels = labels.to(guided.cam.targets.device).clone()
-        true = cam(net, images, layer=layer, targets=labels, method=method)
+        # Where the prediction is right, the true-class CAM is the predicted-class CAM already computed;
+        # only the misclassified rows need a second pass (few, once the model learns).
+        wrong = guided.cam.targets != labels
+        true_maps = guided.cam.maps.clone()
+        if bool(wrong.any()):
+            true_maps[wrong] = cam(net, images[wrong], layer=layer, targets=labels[wrong], method=method).maps
     return Explained(
         probs=guided.cam.logits.float().softmax(dim=1),
         preds=guided.cam.targets,
         pred_maps=guided.cam.maps,
-        true_maps=true.maps,
+        true_maps=true_maps,
         guided=guided.guided,
     )
 

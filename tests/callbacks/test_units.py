@@ -107,3 +107,21 @@ def test_pointing_tolerance_scales_with_the_image() -> None:
     assert ProbeHeatmaps().tolerance_px((64, 64)) == 4
     assert ProbeHeatmaps().tolerance_px((32, 48)) == 2
     assert ProbeHeatmaps(pointing_tolerance=0).tolerance_px((64, 64)) == 0
+
+
+def test_true_class_maps_reuse_the_predicted_ones_only_where_right() -> None:
+    from torchvision.models import resnet18
+
+    from lit_explain.callbacks._panels import explain_batch
+    from lit_explain.explain import cam
+
+    torch.manual_seed(0)
+    net = resnet18(num_classes=4).eval()
+    images = torch.randn(6, 3, 48, 48)
+    preds = net(images).argmax(1)
+    labels = preds.clone()
+    labels[::2] = (preds[::2] + 1) % 4  # every other row misclassified
+    explained = explain_batch(net, images, labels, "layer3", "gradcam")
+    expected = cam(net, images, layer="layer3", targets=labels).maps
+    assert torch.allclose(explained.true_maps, expected, atol=1e-5)
+    assert torch.equal(explained.preds, preds)
