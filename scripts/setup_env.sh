@@ -12,7 +12,9 @@ stamp="$venv/.lit_explain-env"
 
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   # Same pins: only make sure this checkout is the one installed (cheap when it already is).
-  if ! "$venv/bin/python" -c 'import lit_explain, pathlib, sys; sys.exit(pathlib.Path(lit_explain.__file__).resolve().parents[1] != pathlib.Path.cwd().resolve())' 2>/dev/null; then
+  # -I: isolated mode, so the check sees what the venv installs, not ./lit_explain in the current folder
+  # (which would always pass and leave a venv pointing at a deleted clone, e.g. a cached CI venv).
+  if ! "$venv/bin/python" -I -c 'import lit_explain, pathlib, sys; sys.exit(pathlib.Path(lit_explain.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())' "$PWD" 2>/dev/null; then
     "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
   fi
   exit 0

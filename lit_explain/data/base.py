@@ -35,7 +35,7 @@ class ExplainableDataModule(L.LightningDataModule, metaclass=ABCMeta):
     in_channels: int = 3
     has_masks: bool = False
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool | None = False) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -43,7 +43,8 @@ class ExplainableDataModule(L.LightningDataModule, metaclass=ABCMeta):
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        # None: pin host memory exactly when a GPU will receive the batches.
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self._datasets: dict[str, Dataset] = {}
 
     # -- what subclasses provide -------------------------------------------------------------------

@@ -107,11 +107,7 @@ class Cifar100DataModule(ExplainableDataModule):
         num_workers: int = min(4, os.cpu_count() or 1),
         pin_memory: bool | None = None,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        )
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if augment not in ("standard", "trivialaugment", "randaugment"):
             raise ConfigError(f"data.augment={augment!r}; choose standard, trivialaugment or randaugment")
         if not 0.0 <= random_erasing <= 1.0:

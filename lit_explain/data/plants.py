@@ -157,11 +157,7 @@ class PlantDataModule(ExplainableDataModule):
         num_workers: int = min(4, os.cpu_count() or 1),
         pin_memory: bool | None = None,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        )
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if layout != "auto" and layout not in LAYOUTS:
             raise ConfigError(f"data.layout={layout!r}; choose auto, {', '.join(LAYOUTS)}")
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
