@@ -85,14 +85,16 @@ class ExplainableDataModule(L.LightningDataModule, metaclass=ABCMeta):
         return self._datasets[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            data,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            # A trailing training batch of one image breaks BatchNorm in training mode; evaluation keeps all.
+            drop_last=shuffle and len(data) % self.batch_size == 1,
         )
 
     def train_dataloader(self) -> DataLoader:

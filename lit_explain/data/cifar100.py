@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from lit_explain.data._split import stratified_split
@@ -256,19 +256,6 @@ class Cifar100DataModule(ExplainableDataModule):
     def split_labels(self, split: str) -> torch.Tensor:
         train_file, indices = self._indices(split)
         return self._load(train_file)[1][indices]
-
-    def train_dataloader(self) -> DataLoader:
-        data = self.dataset("train")
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            # A trailing batch of one image breaks BatchNorm; dropping at most batch_size-1 images is harmless.
-            drop_last=len(data) > self.batch_size,
-        )
 
     # -- batch mixing -------------------------------------------------------------------------------
     def _mixer(self) -> v2.Transform | None:

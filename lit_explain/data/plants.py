@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
@@ -328,16 +328,3 @@ class PlantDataModule(ExplainableDataModule):
 
     def split_labels(self, split: str) -> torch.Tensor:
         return torch.tensor([r.label for r in self.records()[split]], dtype=torch.long)
-
-    def train_dataloader(self) -> DataLoader:
-        data = self.dataset("train")
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            # A trailing batch of one image breaks BatchNorm in training mode.
-            drop_last=len(data) % self.batch_size == 1,
-        )
