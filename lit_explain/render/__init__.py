@@ -7,7 +7,8 @@ only used for the summary figures (and, once per colormap, to sample its lookup 
 Modules:
     images   denormalize, to_rgb, to_uint8, guided_to_image
     colors   colorize (tensor colormap lookup), overlay, colormap_lut
-    grid     panel_grid (captioned grids; text drawn with PIL on thin host strips)
+    grid     panel_grid (captioned grids; text drawn with PIL on thin host strips), panel_pages (the
+             same split into pages of bounded height), colorbar
     png      encode_png, save_png (atomic, no-clobber)
     figures  confusion-matrix / per-class accuracy / confused-pairs figures, figure_to_tensor/png
     tables   confused_pairs_table, name_pairs, markdown_table
@@ -30,7 +31,7 @@ from lit_explain.render.figures import (
     figure_to_tensor,
     per_class_accuracy_figure,
 )
-from lit_explain.render.grid import RIGHT_COLOR, WRONG_COLOR, CaptionColor, panel_grid
+from lit_explain.render.grid import RIGHT_COLOR, WRONG_COLOR, CaptionColor, colorbar, panel_grid, panel_pages
 from lit_explain.render.images import denormalize, guided_to_image, to_rgb, to_uint8
 from lit_explain.render.png import encode_png, save_png, to_hwc_uint8
 from lit_explain.render.tables import ConfusedPair, confused_pairs_table, markdown_table, name_pairs
@@ -42,6 +43,7 @@ __all__ = [
     "WRONG_COLOR",
     "CaptionColor",
     "ConfusedPair",
+    "colorbar",
     "colorize",
     "colormap_lut",
     "confused_pairs_figure",
@@ -56,6 +58,7 @@ __all__ = [
     "name_pairs",
     "overlay",
     "panel_grid",
+    "panel_pages",
     "per_class_accuracy_figure",
     "save_png",
     "to_hwc_uint8",

@@ -43,7 +43,7 @@ def font(size: int) -> _Font:
 
 def fit_text(text: str, fnt: _Font, max_width: float) -> str:
     """``text`` on one line, cut at the end with an ellipsis so it is at most ``max_width`` px."""
-    text = " ".join(text.split())  # newlines/tabs would break the one-line layout
+    text = " ".join(text.split())  # newlines/tabs would break the one-line layout (see line_count)
     if fnt.getlength(text) <= max_width:
         return text
     if fnt.getlength(ELLIPSIS) > max_width:
@@ -59,15 +59,23 @@ def fit_text(text: str, fnt: _Font, max_width: float) -> str:
     return text[:lo].rstrip() + ELLIPSIS
 
 
+def line_count(text: str) -> int:
+    """How many lines a caption takes: one per ``\\n``-separated part."""
+    return text.count("\n") + 1
+
+
 @dataclass(frozen=True)
 class TextBox:
-    """One piece of text inside a strip: a horizontal box ``[x, x + width)`` and how to place it."""
+    """One piece of text inside a strip: a horizontal box ``[x, x + width)`` and how to place it.
+
+    ``text`` may hold several lines separated by ``\\n``; each is fitted to the box on its own.
+    """
 
     text: str
     x: int
     width: int
     color: tuple[int, int, int] = (0, 0, 0)
-    align: Literal["left", "center"] = "left"
+    align: Literal["left", "center", "right"] = "left"
 
 
 def draw_strips(
@@ -76,23 +84,33 @@ def draw_strips(
     height: int,
     font_size: int,
     background: tuple[int, int, int],
+    line_height: int | None = None,
 ) -> np.ndarray:
-    """Draw ``len(strips)`` text strips of ``height x width``; returns uint8 ``[S, height, width, 3]``."""
+    """Draw ``len(strips)`` text strips of ``height x width``; returns uint8 ``[S, height, width, 3]``.
+
+    Multi-line texts put their lines ``line_height`` px apart (default: the whole strip height, i.e.
+    one line), each line centred vertically in its own band.
+    """
     canvas = Image.new("RGB", (width, height * len(strips)), background)
     draw = ImageDraw.Draw(canvas)
     fnt = font(font_size)
     # One vertical reference for every string, so baselines line up whether or not a caption has
     # descenders or capitals.
+    band = line_height or height
     _, top, _, bottom = fnt.getbbox("Ag|")
-    y_offset = (height - (bottom - top)) / 2 - top
+    y_offset = (band - (bottom - top)) / 2 - top
     margin = 2
     for s, boxes in enumerate(strips):
         for box in boxes:
-            text = fit_text(box.text, fnt, box.width - 2 * margin)
-            if not text:
-                continue
-            x = box.x + margin
-            if box.align == "center":
-                x = box.x + (box.width - fnt.getlength(text)) / 2
-            draw.text((round(x), round(s * height + y_offset)), text, fill=box.color, font=fnt)
+            for i, line in enumerate(box.text.split("\n")):
+                text = fit_text(line, fnt, box.width - 2 * margin)
+                if not text:
+                    continue
+                x = box.x + margin
+                if box.align == "center":
+                    x = box.x + (box.width - fnt.getlength(text)) / 2
+                elif box.align == "right":
+                    x = box.x + box.width - margin - fnt.getlength(text)
+                y = s * height + i * band + y_offset
+                draw.text((round(x), round(y)), text, fill=box.color, font=fnt)
     return np.array(canvas).reshape(len(strips), height, width, 3)

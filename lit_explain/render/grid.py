@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_explain.render._common import as_tensor, to_float32
-from lit_explain.render._text import Color, TextBox, draw_strips, rgb
+from lit_explain.render._text import Color, TextBox, draw_strips, line_count, rgb
 from lit_explain.render.images import to_rgb, to_uint8
 
-__all__ = ["RIGHT_COLOR", "WRONG_COLOR", "CaptionColor", "panel_grid"]
+__all__ = ["RIGHT_COLOR", "WRONG_COLOR", "CaptionColor", "colorbar", "panel_grid", "panel_pages"]
 
 RIGHT_COLOR: tuple[int, int, int] = (0, 130, 40)
 """Caption colour for a correct prediction (``caption_colors`` entry ``True``)."""
@@ -164,7 +164,8 @@ def panel_grid(
             float in ``[0, 1]`` or uint8 (None leaves a blank cell; rows may be shorter than the
             longest), or one tensor ``[R, K, C, H, W]``.
         captions: one str per row (drawn left-aligned under the row), or one list of str per row
-            (one per cell, centred under each cell); None for no caption strips.
+            (one per cell, centred under each cell); None for no caption strips. ``"\\n"`` splits a
+            caption into lines (1.3 font sizes apart); all caption strips get the most lines' height.
         column_titles: one str per column, centred above the first row.
         pad: background pixels between and around cells.
         caption_height: height of each caption/title strip in px (default from the font size).
@@ -181,7 +182,8 @@ def panel_grid(
     Returns:
         ``[3, H_total, W_total]`` on the device of the first cell, where
         ``W_total = K * cell_w + (K + 1) * pad`` and
-        ``H_total = pad + title_h + R * (cell_h + caption_h + pad)``.
+        ``H_total = pad + title_h + R * (cell_h + caption_h + pad)``, ``caption_h`` being the
+        strip height plus 1.3 font sizes per further caption line.
 
     Example:
         >>> img, cam = torch.rand(3, 64, 64), torch.rand(3, 64, 64)
@@ -191,6 +193,38 @@ def panel_grid(
         >>> grid.shape, grid.dtype
         (torch.Size([3, 322, 262]), torch.uint8)
     """
+    return _render(
+        rows,
+        captions,
+        column_titles,
+        pad=pad,
+        caption_height=caption_height,
+        font_size=font_size,
+        min_cell=min_cell,
+        upscale=upscale,
+        caption_colors=caption_colors,
+        text_color=text_color,
+        background=background,
+        dtype=dtype,
+    )[0]
+
+
+def _render(
+    rows: Sequence[Sequence[Tensor | None]] | Tensor,
+    captions: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    column_titles: Sequence[str] | None = None,
+    *,
+    pad: int = 2,
+    caption_height: int | None = None,
+    font_size: int | None = None,
+    min_cell: int = 128,
+    upscale: Literal["nearest", "bilinear"] = "nearest",
+    caption_colors: Sequence[CaptionColor] | Sequence[Sequence[CaptionColor]] | Tensor | None = None,
+    text_color: Color = (0, 0, 0),
+    background: Color = (255, 255, 255),
+    dtype: torch.dtype = torch.uint8,
+) -> tuple[Tensor, int, int]:
+    """:func:`panel_grid`'s work; also returns the height above the first row and the height of a row."""
     if upscale not in ("nearest", "bilinear"):
         raise ValueError(f"upscale must be 'nearest' or 'bilinear', got {upscale!r}")
     if pad < 0 or min_cell < 0:
@@ -211,7 +245,11 @@ def panel_grid(
         max(6, int(caption_height / 1.6)) if caption_height else max(12, min(24, cell_h // 10))
     )
     strip_h = (caption_height or math.ceil(fs * 1.6)) if has_text else 0
-    caption_h = strip_h if row_caps is not None or cell_caps is not None else 0
+    texts = row_caps if row_caps is not None else [c for row in cell_caps or [] for c in row]
+    lines = max((line_count(t) for t in texts), default=1)
+    # Further caption lines sit closer than a strip's height: a two-line caption reads as one block.
+    line_h = math.ceil(fs * 1.3) if lines > 1 else strip_h
+    caption_h = strip_h + (lines - 1) * line_h if row_caps is not None or cell_caps is not None else 0
     title_h = strip_h if column_titles is not None else 0
 
     width = n_cols * cell_w + (n_cols + 1) * pad
@@ -251,15 +289,110 @@ def panel_grid(
             ]
             for r, row in enumerate(cell_caps)
         ]
-    if column_titles is not None:
-        strips.append([TextBox(t, x_of[k], cell_w, fg, "center") for k, t in enumerate(column_titles)])
     if strips:
-        drawn = torch.from_numpy(draw_strips(strips, width, strip_h, fs, bg)).to(device)
-        drawn = drawn.permute(3, 0, 1, 2)  # [3, S, strip_h, width]
-        if dtype != torch.uint8:
-            drawn = drawn.to(dtype) * scale
-        if caption_h:
-            body[:, :, cell_h : cell_h + caption_h] = drawn[:, :n_rows]
-        if title_h:
-            canvas[:, pad : pad + title_h] = drawn[:, -1]
-    return canvas
+        body[:, :, cell_h : cell_h + caption_h] = _strips(
+            strips, width, caption_h, fs, bg, line_h, scale, canvas
+        )
+    if column_titles is not None:
+        titles = [[TextBox(t, x_of[k], cell_w, fg, "center") for k, t in enumerate(column_titles)]]
+        canvas[:, pad : pad + title_h] = _strips(titles, width, title_h, fs, bg, title_h, scale, canvas)[:, 0]
+    return canvas, top, row_h
+
+
+def _strips(
+    strips: list[list[TextBox]],
+    width: int,
+    height: int,
+    fs: int,
+    bg: tuple[int, int, int],
+    line_h: int,
+    scale: float,
+    like: Tensor,
+) -> Tensor:
+    """Text strips drawn on the host, as ``[3, S, height, width]`` in ``like``'s dtype and device."""
+    drawn = torch.from_numpy(draw_strips(strips, width, height, fs, bg, line_height=line_h)).to(like.device)
+    drawn = drawn.permute(3, 0, 1, 2)
+    return drawn if like.dtype == torch.uint8 else drawn.to(like.dtype) * scale
+
+
+def colorbar(
+    width: int,
+    cmap: str = "jet",
+    *,
+    label: str = "",
+    low: str = "0",
+    high: str = "1",
+    font_size: int = 12,
+    pad: int = 2,
+    background: Color = (255, 255, 255),
+    text_color: Color = (0, 0, 0),
+) -> Tensor:
+    """A horizontal colour bar: the colormap from 0 to 1 over ``width``, then ``low``, ``label``, ``high``.
+
+    Returns uint8 ``[3, h, width]`` (on the CPU) to put under a grid of heatmaps, so a reader knows
+    which colour is strong and which is weak.
+
+    Example:
+        >>> bar = colorbar(300, "jet", label="Grad-CAM, per-image max = 1", font_size=14)
+        >>> bar.shape[0], bar.shape[2], bar.dtype
+        (3, 300, torch.uint8)
+    """
+    from lit_explain.render.colors import colorize
+
+    if width < 4 * pad + 2:
+        raise ValueError(f"colorbar needs a width of at least {4 * pad + 2} px, got {width}")
+    bar_h = max(6, font_size)
+    strip_h = math.ceil(font_size * 1.6)
+    ramp = torch.linspace(0.0, 1.0, width - 2 * pad).view(1, 1, 1, -1).expand(1, 1, bar_h, -1)
+    bg = rgb(background)
+    out = torch.tensor(bg, dtype=torch.uint8).view(3, 1, 1).repeat(1, pad + bar_h + strip_h, width)
+    out[:, pad : pad + bar_h, pad : width - pad] = (colorize(ramp, cmap)[0] * 255).round().to(torch.uint8)
+    fg = rgb(text_color)
+    boxes = [
+        TextBox(low, 0, width, fg, "left"),
+        TextBox(label, 0, width, fg, "center"),
+        TextBox(high, 0, width, fg, "right"),
+    ]
+    text = draw_strips([boxes], width, strip_h, font_size, bg)[0]
+    out[:, pad + bar_h :] = torch.from_numpy(text).permute(2, 0, 1)
+    return out
+
+
+def panel_pages(
+    rows: Sequence[Sequence[Tensor | None]] | Tensor,
+    captions: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    column_titles: Sequence[str] | None = None,
+    *,
+    max_height: int = 1600,
+    footer: Tensor | None = None,
+    **grid_kwargs: object,
+) -> list[Tensor]:
+    """:func:`panel_grid` split into pages no taller than ``max_height`` px, each with the column titles.
+
+    Every page repeats the column-title strip at its top and ends with ``footer`` (e.g. a
+    :func:`colorbar` as wide as the grid), so a page read on its own is complete. A row is never cut.
+    ``grid_kwargs`` are :func:`panel_grid`'s keyword arguments.
+
+    Example:
+        >>> pages = panel_pages(torch.rand(30, 3, 3, 64, 64), [f"row {i}" for i in range(30)],
+        ...                     ["a", "b", "c"], max_height=1000)
+        >>> len(pages), max(p.shape[1] for p in pages) <= 1000
+        (5, True)
+    """
+    grid, top, row_h = _render(rows, captions, column_titles, **grid_kwargs)  # type: ignore[arg-type]
+    n_rows = (grid.shape[1] - top) // row_h
+    foot_h = 0 if footer is None else footer.shape[1]
+    if footer is not None and (footer.shape[0] != 3 or footer.shape[2] != grid.shape[2]):
+        raise ValueError(f"footer must be [3, h, {grid.shape[2]}], got {tuple(footer.shape)}")
+    per_page = (max_height - top - foot_h) // row_h
+    if per_page < 1:
+        raise ValueError(
+            f"max_height={max_height} px cannot hold one row ({top} + {row_h} + {foot_h} px); raise it"
+        )
+    header = grid[:, :top]
+    pages = []
+    for start in range(0, n_rows, per_page):
+        body = grid[:, top + start * row_h : top + min(n_rows, start + per_page) * row_h]
+        parts = [header, body] if footer is None else [header, body, footer.to(grid.device, grid.dtype)]
+        pages.append(torch.cat(parts, dim=1))
+    return pages

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from lit_explain.render import RIGHT_COLOR, WRONG_COLOR, panel_grid
+from lit_explain.render import RIGHT_COLOR, WRONG_COLOR, colorbar, panel_grid, panel_pages
 
 WHITE = torch.tensor([255, 255, 255], dtype=torch.uint8).view(3, 1, 1)
 
@@ -105,3 +107,45 @@ def test_grid_validation() -> None:
         panel_grid(torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match="at least one cell"):
         panel_grid([[None]])
+
+
+def test_multi_line_captions_make_every_caption_strip_taller() -> None:
+    cells = torch.rand(2, 2, 3, 16, 16)
+    one = panel_grid(cells, ["a", "b"], min_cell=64, font_size=12, pad=2)
+    two = panel_grid(cells, ["a\nsecond line", "b"], min_cell=64, font_size=12, pad=2)
+    # Each of the two rows gains one line of 1.3 font sizes.
+    assert two.shape[1] - one.shape[1] == 2 * math.ceil(12 * 1.3)
+    strip = math.ceil(12 * 1.6)
+    row0 = two[:, 2 + 64 : 2 + 64 + strip + math.ceil(12 * 1.3)]
+    second = row0[:, strip:]
+    assert (second != WHITE).any(), "the second line is drawn below the first"
+
+
+def test_pages_repeat_the_titles_end_with_the_footer_and_never_cut_a_row() -> None:
+    cells = torch.rand(30, 3, 3, 64, 64)
+    captions = [f"row {i}\nline two" for i in range(30)]
+    whole = panel_grid(cells, captions, ["a", "b", "c"], font_size=14)
+    footer = colorbar(whole.shape[2], "jet", label="Grad-CAM", font_size=14)
+    pages = panel_pages(cells, captions, ["a", "b", "c"], max_height=920, footer=footer, font_size=14)
+    assert all(p.shape[1] <= 920 and p.shape[2] == whole.shape[2] for p in pages)
+    title_h = 2 + math.ceil(14 * 1.6)
+    row_h = (whole.shape[1] - title_h) // 30
+    per_page = (920 - title_h - footer.shape[1]) // row_h
+    assert len(pages) == math.ceil(30 / per_page)
+    for n, page in enumerate(pages):
+        assert torch.equal(page[:, :title_h], whole[:, :title_h])
+        assert torch.equal(page[:, -footer.shape[1] :], footer)
+        rows = page[:, title_h : page.shape[1] - footer.shape[1]]
+        start = title_h + n * per_page * row_h
+        assert torch.equal(rows, whole[:, start : start + rows.shape[1]])
+    with pytest.raises(ValueError, match="cannot hold one row"):
+        panel_pages(cells, captions, ["a", "b", "c"], max_height=100, font_size=14)
+
+
+def test_colorbar_runs_from_the_low_to_the_high_colour_with_labels() -> None:
+    bar = colorbar(200, "jet", label="CAM", font_size=12)
+    assert bar.dtype == torch.uint8 and bar.shape[2] == 200
+    ramp = bar[:, 2 + 6].int()  # a row through the bar
+    assert ramp[2, 3] > ramp[0, 3] and ramp[0, -4] > ramp[2, -4]  # jet: blue on the left, red on the right
+    labels = bar[:, 2 + 12 :]
+    assert (labels != WHITE).any()
