@@ -18,6 +18,7 @@ from lit_explain.explain import (
     insertion_auc,
     pointing_game,
 )
+from lit_explain.explain.true_class import true_class_maps
 
 THUMB = 24  # side of the stored low-resolution maps (divisible by the 3x3 region grid)
 GRID = 3
@@ -47,17 +48,13 @@ class Maps:
 def explain_batch(
     net: nn.Module, images: Tensor, labels: Tensor, preds: Tensor, layer: str | None, method: str
 ) -> Maps:
-    """CAMs for the true and the predicted class; only the misclassified samples need a second pass."""
+    """CAMs for the predicted and the true class; only the misclassified samples need a second pass."""
     device = next(net.parameters()).device
     images = images.to(device)
-    labels, preds = labels.to(device), preds.to(device)
-    first = cam(net, images, layer=layer, targets=labels, method=method)
-    pred_maps = first.maps.clone()
-    wrong = torch.nonzero(preds != labels).flatten()
-    if wrong.numel():
-        pred_maps[wrong] = cam(net, images[wrong], layer=layer, targets=preds[wrong], method=method).maps
-    raw = first.raw[0] if isinstance(first.raw, tuple) else first.raw
-    return Maps(first.maps, pred_maps, first.layers[0], (int(raw.shape[-2]), int(raw.shape[-1])))
+    predicted = cam(net, images, layer=layer, targets=preds.to(device), method=method)
+    true = true_class_maps(net, images, labels, predicted, layer=layer, method=method)
+    raw = predicted.raw[0] if isinstance(predicted.raw, tuple) else predicted.raw
+    return Maps(true, predicted.maps, predicted.layers[0], (int(raw.shape[-2]), int(raw.shape[-1])))
 
 
 def reference_concentration(raw_size: tuple[int, int], size: tuple[int, int]) -> float:

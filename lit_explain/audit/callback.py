@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_explain.audit.run import AuditOptions, default_output, run_audit
 from lit_explain.data.base import ExplainableDataModule
+from lit_explain.outputs import OutputError, remove_output_dir
 
 
 class AttentionAudit(L.Callback):
@@ -116,6 +116,9 @@ class AttentionAudit(L.Callback):
         rank_zero_info(f"AttentionAudit: {report['path']} (accuracy {report['accuracy']:.4f})")
         stale = previous and previous != report["path"] and self.last_checkpoint
         if self.remove_stale and stale and not Path(self.last_checkpoint).exists():
-            shutil.rmtree(previous, ignore_errors=True)
+            try:
+                remove_output_dir(previous)  # only a report lit_explain wrote, untouched since
+            except OutputError as exc:
+                rank_zero_warn(f"AttentionAudit: kept the previous report: {exc}")
         self.last_checkpoint, self.last_mtime, self.last_report = best, mtime, report["path"]
         self.reports.append(report["path"])

@@ -15,8 +15,12 @@ from lit_explain.explain import METHODS
 EPILOG = """\
 data: taken from the checkpoint's training config (config.yaml in its log dir, or the data-module
 hyperparameters saved in the checkpoint). Override single data settings with --data.NAME VALUE
-(e.g. --data.data_dir /data/cifar-100-python --data.batch_size 128) or give a whole
+(e.g. --data.batch_size 128 --data.num_workers 4; a data module's own settings work the same way,
+such as --data.data_dir DIR for the CIFAR-100 and plant modules) or give a whole
 --data_config FILE (YAML with data: {class_path: ..., init_args: {...}}).
+
+output: a new folder, written whole or not at all. --overwrite replaces only an earlier audit report
+that holds nothing but its own files; any other existing file or folder is refused, never moved or deleted.
 
 example:
   python -m lit_explain audit --ckpt_path lightning_logs/shapes_demo/version_0/checkpoints/last.ckpt
@@ -44,7 +48,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--output", type=str | None, default=None, help="report directory (default: next to the checkpoint)"
     )
-    p.add_argument("--overwrite", type=bool, default=False, help="replace an existing report directory")
+    p.add_argument(
+        "--overwrite",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="replace an earlier audit report at --output (bare --overwrite or --overwrite true)",
+    )
     p.add_argument(
         "--layer", type=str | None, default=None, help="layer to explain (default: the last spatial layer)"
     )
@@ -134,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     except LitExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # The report folder is written aside and only renamed into place when complete: nothing to clean.
+        print("audit interrupted; no report written", file=sys.stderr)
+        return 130
     print(
         f"audit of {cfg.ckpt_path} on {report['split']} ({report['num_samples']} samples): accuracy "
         f"{report['accuracy']:.4f}; {len(report['recommendations'])} recommendation(s); "

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_explain.audit.report import REPORT_FILE, write_csv
+from lit_explain.audit.report import REPORT_FILE
 from lit_explain.errors import ConfigError
 from lit_explain.explain import drift
+from lit_explain.outputs import write_bytes, write_csv
 
 PROBE_FILE = "attention_probe.pt"
 COMPARE_CSV = "compare_per_class.csv"
@@ -109,8 +110,16 @@ def write_compare_files(directory: Path, compare: Mapping[str, Any]) -> None:
     rows = compare["per_class"]
     write_csv(
         directory / COMPARE_CSV,
-        ["class_id", "class_name", "accuracy", "other_accuracy", "delta", "attention_drift", "drift_samples"],
-        [
+        fields=[
+            "class_id",
+            "class_name",
+            "accuracy",
+            "other_accuracy",
+            "delta",
+            "attention_drift",
+            "drift_samples",
+        ],
+        rows=[
             [
                 r["id"],
                 r["name"],
@@ -123,7 +132,7 @@ def write_compare_files(directory: Path, compare: Mapping[str, Any]) -> None:
             for r in rows
         ],
     )
-    (directory / COMPARE_PNG).write_bytes(_figure_png(rows, compare))
+    write_bytes(directory / COMPARE_PNG, _figure_png(rows, compare), overwrite=True)
 
 
 def _figure_png(rows: list[Mapping[str, Any]], compare: Mapping[str, Any]) -> bytes:

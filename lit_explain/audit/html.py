@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from lit_explain.audit.report import _json_safe
+from lit_explain.outputs import json_safe
 
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
@@ -85,7 +85,7 @@ def summary_text(report: Mapping[str, Any]) -> str:
 
 def _data_script(report: Mapping[str, Any], element_id: str = "report-data") -> str:
     payload = {k: v for k, v in report.items() if k != "confusion_matrix"}
-    text = json.dumps(_json_safe(payload), allow_nan=False).replace("<", "\\u003c")
+    text = json.dumps(json_safe(payload), allow_nan=False).replace("<", "\\u003c")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
 
 

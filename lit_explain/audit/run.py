@@ -271,7 +271,7 @@ def run_audit(
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    target = AtomicReportDir(output, overwrite=options.overwrite)
+    target = AtomicReportDir(output, overwrite=options.overwrite, kind="audit")
     with target as tmp:
         # Fork the RNG so that an audit inside training (the callback) leaves its random stream untouched.
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -517,7 +517,7 @@ def _write_files(tmp: Path, report: dict[str, Any], cm: Tensor, names: list[str]
     per_class = report["per_class"]
     write_csv(
         tmp / "per_class_accuracy.csv",
-        [
+        fields=[
             "class_id",
             "class_name",
             "accuracy",
@@ -527,7 +527,7 @@ def _write_files(tmp: Path, report: dict[str, Any], cm: Tensor, names: list[str]
             "most_confused_with",
             "most_confused_count",
         ],
-        [
+        rows=[
             [
                 r["id"],
                 r["name"],
@@ -544,8 +544,8 @@ def _write_files(tmp: Path, report: dict[str, Any], cm: Tensor, names: list[str]
     pairs = report["confused_pairs"]
     write_csv(
         tmp / "most_confused_pairs.csv",
-        ["rank", "true_id", "true_name", "pred_id", "pred_name", "count", "share_of_true_class"],
-        [
+        fields=["rank", "true_id", "true_name", "pred_id", "pred_name", "count", "share_of_true_class"],
+        rows=[
             [
                 p["rank"],
                 p["true_id"],
@@ -613,9 +613,8 @@ def audit_checkpoint(
     options = options or AuditOptions()
     options.validate()
     output = Path(output) if output is not None else default_output(ckpt_path, options.split)
-    if output.exists() and not options.overwrite:
-        # Refuse before the (long) sweep, not only at the end.
-        AtomicReportDir(output, overwrite=False)
+    # Refuse before the (long) sweep, not only at the end.
+    AtomicReportDir(output, overwrite=options.overwrite, kind="audit").check()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(ckpt_path, map_location=device, backbone=backbone)
     spec = None

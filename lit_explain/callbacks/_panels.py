@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lit_explain.explain import cam, guided_gradcam
+from lit_explain.explain import guided_gradcam
+from lit_explain.explain.true_class import true_class_maps
 from lit_explain.render import denormalize, guided_to_image, overlay, panel_grid, to_rgb
 
 COLUMN_TITLES = ("image", "CAM predicted", "CAM true", "Guided Grad-CAM")
@@ -47,13 +48,7 @@ def explain_batch(
         # Targets built inside Lightning's inference_mode are inference tensors, which autograd refuses
         # to record even as gather indices; a clone made outside it is an ordinary tensor.
         guided = guided_gradcam(net, images, layer=layer, targets=None, method=method)
-        labels = labels.to(guided.cam.targets.device).clone()
-        # Where the prediction is right, the true-class CAM is the predicted-class CAM already computed;
-        # only the misclassified rows need a second pass (few, once the model learns).
-        wrong = guided.cam.targets != labels
-        true_maps = guided.cam.maps.clone()
-        if bool(wrong.any()):
-            true_maps[wrong] = cam(net, images[wrong], layer=layer, targets=labels[wrong], method=method).maps
+        true_maps = true_class_maps(net, images, labels, guided.cam, layer=layer, method=method)
     return Explained(
         probs=guided.cam.logits.float().softmax(dim=1),
         preds=guided.cam.targets,

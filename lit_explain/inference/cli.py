@@ -22,6 +22,9 @@ from lit_explain.explain import METHODS
 from lit_explain.inference.explainer import Explainer
 from lit_explain.inference.folder import explain_folder
 from lit_explain.inference.preprocess import DEFAULT_MAX_PIXELS
+from lit_explain.outputs import check_output_dir
+
+SHOWN = 10  # skipped entries printed; summary.csv lists them all
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -109,7 +112,15 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--top_k", type=int, default=1, help="explain each of the k most probable classes")
     parser.add_argument("--output", type=str, default="explanations", help="folder for the results")
     parser.add_argument("--no_guided", type=bool, default=False, help="skip Guided Grad-CAM (faster)")
-    parser.add_argument("--overwrite", type=bool, default=False, help="replace existing result files")
+    parser.add_argument(
+        "--overwrite",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="replace result files an earlier explain run wrote (bare --overwrite or --overwrite true); "
+        "a folder holding anything else is never written into",
+    )
     parser.add_argument("--progress", type=bool, default=True, help="show a progress bar for folders")
     return parser
 
@@ -133,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("give exactly one of --image PATH or --images_dir DIR")
         if cfg.top_k < 1:
             raise ConfigError(f"--top_k must be >= 1, got {cfg.top_k}")
+        output = check_output_dir(cfg.output)  # a bad --output is reported before the model loads
         explainer = explainer_from_args(cfg, guided=not cfg.no_guided)
         target = cfg.class_name
         if target is not None:
             target = explainer.class_names[explainer.class_index(target)]
-        output = Path(cfg.output)
         if cfg.image is not None:
             result = explainer.explain(cfg.image, target=target, top_k=cfg.top_k)
             result.save(output, overwrite=cfg.overwrite)
@@ -161,10 +172,19 @@ def main(argv: list[str] | None = None) -> int:
             for item in report.unreadable:
                 print(f"  {item['file']}: {item['error']}", file=sys.stderr)
         if report.skipped:
+            print(f"{len(report.skipped)} entries skipped (listed in summary.csv):", file=sys.stderr)
+            for item in report.skipped[:SHOWN]:
+                print(f"  {item['file']}: {item['reason']}", file=sys.stderr)
+            if len(report.skipped) > SHOWN:
+                print(f"  ... and {len(report.skipped) - SHOWN} more", file=sys.stderr)
+        if report.renamed:
             print(
-                f"{len(report.skipped)} files skipped (not image extensions), listed in summary.csv",
+                f"{len(report.renamed)} images share an output name with another; their results went to "
+                "suffixed folders:",
                 file=sys.stderr,
             )
+            for source, folder in report.renamed.items():
+                print(f"  {source} -> {folder}", file=sys.stderr)
         return 0
     except LitExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)

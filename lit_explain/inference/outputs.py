@@ -1,25 +1,20 @@
 """Writing explanations to disk: captioned panels, JSON summaries and the folder summary CSV.
 
-Every file is written atomically (a hidden temporary file moved into place) and never replaces an existing
-file unless ``overwrite=True``, so a crash or a second run cannot leave half-written or clobbered results.
+Every file goes through :mod:`lit_explain.outputs`: written atomically (a hidden temporary file moved into
+place), never replacing an existing file unless ``overwrite=True``, into a folder lit_explain created or
+marked (:func:`lit_explain.outputs.claim_output_dir`), so a crash, a second run or a mistyped ``--output``
+cannot leave half-written results or clobber anything else.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-import json
-import os
-import re
-import tempfile
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lit_explain.errors import LitExplainError
+# write_json and OutputExistsError are re-exported: the HTTP service and older callers import them from here.
+from lit_explain.outputs import OutputExistsError, claim_output_dir, safe_name, write_json
 from lit_explain.render import panel_grid, save_png
 
 PREDICTION_PNG = "gradcam_prediction.png"
@@ -27,6 +22,18 @@ SUMMARY_JSON = "analysis_summary.json"
 TOP_DIR = "top_predictions"
 FOLDER_CSV = "summary.csv"
 FOLDER_JSON = "folder_summary.json"
+__all__ = [
+    "CSV_FIELDS",
+    "OutputExistsError",
+    "class_analysis",
+    "csv_row",
+    "explanation_panel",
+    "map_statistics",
+    "planned_files",
+    "save_explanation",
+    "write_json",
+]
+
 CSV_FIELDS = (
     "file",
     "status",
@@ -37,56 +44,6 @@ CSV_FIELDS = (
     "output_dir",
     "error",
 )
-
-
-class OutputExistsError(LitExplainError, FileExistsError):
-    """An output file exists already and overwriting was not asked for."""
-
-
-def safe_name(name: str, limit: int = 80) -> str:
-    """A file-name-safe form of a class name: ``"Tomato: late blight"`` -> ``"Tomato_late_blight"``."""
-    cleaned = re.sub(r"[^\w.-]+", "_", str(name)).strip("._")
-    return cleaned[:limit] or "class"
-
-
-def write_bytes_atomic(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder; no clobbering by default."""
-    dest = Path(path)
-    if dest.exists() and not overwrite:
-        raise OutputExistsError(f"{dest} already exists; pass --overwrite (overwrite=True) to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, dest)
-        else:
-            try:
-                os.link(tmp, dest)  # fails if the name appeared meanwhile, unlike rename
-            except FileExistsError:
-                raise OutputExistsError(f"{dest} already exists; pass --overwrite to replace it") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return dest
-
-
-def write_json(path: str | Path, payload: Any, overwrite: bool = False) -> Path:
-    """Atomically write ``payload`` as indented JSON."""
-    return write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode(), overwrite)
-
-
-def _png(path: Path, image: torch.Tensor, overwrite: bool) -> Path:
-    try:
-        return save_png(path, image, overwrite=overwrite)
-    except FileExistsError as exc:
-        raise OutputExistsError(
-            f"{path} already exists; pass --overwrite (overwrite=True) to replace it"
-        ) from exc
 
 
 def explanation_panel(result: Any, explained: Any) -> torch.Tensor:
@@ -155,7 +112,7 @@ def save_explanation(result: Any, directory: str | Path, overwrite: bool = False
     ``analysis_summary.json``; with ``top_k > 1`` ``top_predictions/gradcam_top{i}_{name}.png``; with a named
     class ``class_analysis_{name}.json`` and ``gradcam_class_{name}.png``. Returns the written paths.
     """
-    out = Path(directory)
+    out = claim_output_dir(directory, kind="explain")
     if not overwrite:
         clash = [p for p in planned_files(result, out) if p.exists()]
         if clash:
@@ -165,18 +122,20 @@ def save_explanation(result: Any, directory: str | Path, overwrite: bool = False
     written: list[Path] = []
     prediction = result.for_prediction
     if prediction is not None:
-        written.append(_png(out / PREDICTION_PNG, explanation_panel(result, prediction), overwrite))
+        written.append(save_png(out / PREDICTION_PNG, explanation_panel(result, prediction), overwrite))
     if result.explained_top_k > 1:
         for e in result.top_explained:
             path = out / TOP_DIR / f"gradcam_top{e.rank}_{safe_name(e.class_name)}.png"
-            written.append(_png(path, explanation_panel(result, e), overwrite))
+            written.append(save_png(path, explanation_panel(result, e), overwrite))
     if result.requested is not None:
         named = result.primary
         name = safe_name(named.class_name)
         written.append(
             write_json(out / f"class_analysis_{name}.json", class_analysis(result, named), overwrite)
         )
-        written.append(_png(out / f"gradcam_class_{name}.png", explanation_panel(result, named), overwrite))
+        written.append(
+            save_png(out / f"gradcam_class_{name}.png", explanation_panel(result, named), overwrite)
+        )
     summary = result.summary()
     summary["files"] = [str(p.relative_to(out)) for p in written] + [SUMMARY_JSON]
     written.append(write_json(out / SUMMARY_JSON, summary, overwrite))
@@ -200,17 +159,3 @@ def csv_row(
         "output_dir": output_dir,
         "error": error,
     }
-
-
-def write_csv(
-    path: str | Path,
-    rows: Iterable[dict[str, Any]],
-    overwrite: bool = False,
-    fields: Sequence[str] = CSV_FIELDS,
-) -> Path:
-    """Atomically write ``rows`` as CSV with a header."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_bytes_atomic(path, buffer.getvalue().encode(), overwrite)

@@ -2,23 +2,23 @@
 
 The plain file holds ``model_state_dict`` (the torchvision network's own keys, ``conv1.weight`` ...),
 ``class_names``, ``train_acc``, ``val_acc``, ``test_acc`` and ``epoch``, plus what lit_explain needs to load it
-again without guessing (``backbone``, ``cifar_stem``, ``in_channels``, ``mean``, ``std``, ``input_size``);
-tools that expect only the notebook's keys ignore the extra ones.
+again without guessing (``backbone``, ``cifar_stem``, ``in_channels``, ``mean``, ``std``, ``input_size``) and ``lit_explain_export`` (the format version, so that ``--overwrite``
+replaces only files export wrote); tools that expect only the notebook's keys ignore the extra ones.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import ArgumentParser
 
-from lit_explain.errors import LitExplainError
 from lit_explain.models.loading import CheckpointError, is_lightning_checkpoint, read_checkpoint
+from lit_explain.outputs import OutputError, OutputExistsError, write_atomic
+
+EXPORT_MARKER = "lit_explain_export"  # key in every file export writes; its value is the format version
 
 
 def plain_export(checkpoint: dict[str, Any], source: str = "<checkpoint>") -> dict[str, Any]:
@@ -59,22 +59,35 @@ def plain_export(checkpoint: dict[str, Any], source: str = "<checkpoint>") -> di
         "mean": hp.get("mean") or extra.get("mean"),
         "std": hp.get("std") or extra.get("std"),
         "input_size": hp.get("input_size") or extra.get("input_size"),
+        EXPORT_MARKER: 1,
     }
 
 
-def save_atomic(obj: Any, output: Path, overwrite: bool = False) -> None:
-    """``torch.save`` to a temporary file beside ``output``, then rename: never a half-written file."""
-    if output.exists() and not overwrite:
-        raise LitExplainError(f"{output} exists; pass --overwrite to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+def is_export_file(path: Path) -> bool:
+    """Whether ``path`` is a file ``export`` wrote (read with ``weights_only=True``, memory-mapped)."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch file, a legacy pickle, truncated: in any case not ours to replace
+        return False
+    if not isinstance(data, dict) or "model_state_dict" not in data:
+        return False
+    # Files from before the marker key carry lit_explain's own loading keys.
+    return EXPORT_MARKER in data or {"backbone", "cifar_stem", "input_size"} <= set(data)
+
+
+def save_atomic(obj: Any, output: Path, overwrite: bool = False) -> None:
+    """``torch.save`` through :func:`lit_explain.outputs.write_atomic`: never a half-written file, and
+    ``overwrite`` replaces only a file that ``export`` wrote earlier (anything else is refused)."""
+    if output.is_dir():
+        raise OutputError(f"--output {output} is a folder; give a file path such as {output / 'model.pth'}")
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"{output} exists; pass --overwrite to replace it")
+    if output.exists() and not is_export_file(output):
+        raise OutputError(
+            f"{output} exists and was not written by lit_explain export; it is never replaced: "
+            "choose another --output"
+        )
+    write_atomic(output, lambda handle: torch.save(obj, handle), overwrite=overwrite)
 
 
 def export_checkpoint(ckpt_path: str | Path, output: str | Path, overwrite: bool = False) -> dict[str, Any]:
@@ -100,7 +113,14 @@ def build_parser() -> ArgumentParser:
         "--ckpt_path", type=str, required=True, help="lit_explain checkpoint (.ckpt) to convert"
     )
     parser.add_argument("--output", type=str, required=True, help="file to write (e.g. model.pth)")
-    parser.add_argument("--overwrite", type=bool, default=False, help="replace --output when it exists")
+    parser.add_argument(
+        "--overwrite",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="replace --output when it is a file export wrote earlier (bare --overwrite or --overwrite true)",
+    )
     return parser
 
 

@@ -1,11 +1,9 @@
-"""PNG encoding and atomic, no-clobber PNG files."""
+"""PNG encoding; files are written through :mod:`lit_explain.outputs` (atomic, no-clobber)."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from lit_explain.outputs import OutputExistsError, write_bytes
 from lit_explain.render.images import to_uint8
 
 __all__ = ["encode_png", "save_png", "to_hwc_uint8"]
@@ -81,10 +80,10 @@ def save_png(
 ) -> Path:
     """Write one image to ``path`` as PNG, atomically; creates missing parent directories.
 
-    The bytes go to a hidden temporary file in the same directory, which is then moved into place,
-    so readers (an HTML report being viewed, a sync job) never see a half-written file and a crash
-    leaves no partial PNG behind. Without ``overwrite`` an existing file is never replaced, even if
-    it appears while this call runs (the move is a hard link, which fails if the name exists).
+    The file is written by :func:`lit_explain.outputs.write_bytes`: a hidden temporary file in the same
+    directory, fsync-ed and moved into place, so readers (an HTML report being viewed, a sync job) never
+    see a half-written file. Without ``overwrite`` an existing file is never replaced, even if it appears
+    while this call runs. Permissions follow the umask.
 
     Args:
         path: destination file.
@@ -96,7 +95,8 @@ def save_png(
         The destination path.
 
     Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        lit_explain.outputs.OutputExistsError: ``path`` exists and ``overwrite`` is False (a
+            ``FileExistsError``).
 
     Example:
         >>> save_png("report/maps/0001.png", grid, overwrite=True)  # doctest: +SKIP
@@ -104,55 +104,5 @@ def save_png(
     """
     dest = Path(path)
     if not overwrite and dest.exists():
-        raise _exists_error(dest)
-    data = encode_png(image, compress_level=compress_level)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _write_temp(dest, data)
-    try:
-        if overwrite:
-            os.replace(tmp, dest)
-        else:
-            _move_no_clobber(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return dest
-
-
-def _exists_error(dest: Path) -> FileExistsError:
-    return FileExistsError(f"{dest} already exists; pass overwrite=True to replace it")
-
-
-def _write_temp(dest: Path, data: bytes) -> Path:
-    while True:
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            # os.open with 0o666 lets the umask decide the final permissions, as for a normal file
-            # (tempfile would create it 0o600).
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
-        break
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return tmp
-
-
-def _move_no_clobber(tmp: Path, dest: Path) -> None:
-    try:
-        # link() fails if dest exists, atomically: no window between "check" and "replace".
-        os.link(tmp, dest)
-    except FileExistsError:
-        raise _exists_error(dest) from None
-    except OSError:
-        # Filesystems without hard links: fall back to check-then-replace (small race window).
-        if dest.exists():
-            raise _exists_error(dest) from None
-        os.replace(tmp, dest)
+        raise OutputExistsError(f"{dest} already exists; pass --overwrite (overwrite=True) to replace it")
+    return write_bytes(dest, encode_png(image, compress_level=compress_level), overwrite=overwrite)

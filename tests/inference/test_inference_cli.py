@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,10 +60,11 @@ def test_folder_lists_unreadable_and_skipped_files(quick_ckpt, odd_images, tmp_p
     )
     assert code == 0
     err = capsys.readouterr().err
-    assert "1 unreadable" in err and "broken.jpg" in err and "1 files skipped" in err
+    assert "1 unreadable" in err and "broken.jpg" in err and "1 entries skipped" in err
+    assert "notes.txt: not an image extension" in err
     rows = {r["file"]: r for r in csv.DictReader((out / "summary.csv").open())}
     assert rows["broken.jpg"]["status"] == "unreadable" and "cannot decode" in rows["broken.jpg"]["error"]
-    assert rows["notes.txt"]["status"] == "skipped"
+    assert rows["notes.txt"]["status"] == "skipped" and rows["notes.txt"]["error"] == "not an image extension"
     ok = [r for r in rows.values() if r["status"] == "ok"]
     assert len(ok) == len(odd_images)
     for row in ok:
@@ -171,3 +174,82 @@ def test_module_entry_point(quick_ckpt, odd_images, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert (out / "gradcam_prediction.png").is_file()
+
+
+def _explain(ckpt: Path, *args: str) -> int:
+    return lit_main(
+        ["explain", "--ckpt_path", str(ckpt), "--no_guided", "true", "--progress", "false", *args]
+    )
+
+
+def test_output_that_is_a_file_or_someone_elses_folder_is_refused(quick_ckpt, odd_images, tmp_path, capsys):
+    image = str(odd_images["tiny.bmp"])
+    afile = tmp_path / "afile"
+    afile.write_text("user data")
+    for mode in (["--image", image], ["--images_dir", str(odd_images["tiny.bmp"].parent)]):
+        assert _explain(quick_ckpt, *mode, "--output", str(afile), "--overwrite") == 2
+        err = capsys.readouterr().err
+        # Before: "afile/gradcam_prediction.png already exists", which sends the user the wrong way.
+        assert f"--output {afile} is a file, not a folder" in err and "already exists" not in err
+        assert err.count("\n") == 1
+    assert afile.read_text() == "user data"
+    home = tmp_path / "v"
+    (home / "sub").mkdir(parents=True)
+    (home / "thesis.txt").write_text("years of work")
+    for mode in (["--image", image], ["--images_dir", str(odd_images["tiny.bmp"].parent)]):
+        assert _explain(quick_ckpt, *mode, "--output", str(home), "--overwrite", "true") == 2
+        assert "did not write (sub, thesis.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in home.iterdir()) == ["sub", "thesis.txt"]
+
+
+def test_bare_overwrite_replaces_an_earlier_result(quick_ckpt, odd_images, tmp_path, capsys):
+    out = tmp_path / "o"
+    args = ["--image", str(odd_images["tiny.bmp"]), "--output", str(out)]
+    assert _explain(quick_ckpt, *args) == 0
+    assert _explain(quick_ckpt, *args) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    before = (out / "analysis_summary.json").stat().st_mtime_ns
+    assert _explain(quick_ckpt, *args, "--overwrite") == 0  # bare flag (jsonargparse wanted a value)
+    assert (out / "analysis_summary.json").stat().st_mtime_ns > before
+    assert _explain(quick_ckpt, *args, "--overwrite", "false") == 2
+
+
+def test_folder_names_are_unique_and_every_skipped_entry_is_listed(quick_ckpt, odd_images, tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "d.jpg").mkdir(parents=True)  # a folder named like an image
+    (folder / "sub").mkdir()
+    data = odd_images["rgb.jpg"].read_bytes()
+    for name in ("x.y.jpg", "x_y.jpg", "sub/a.png", "x_y_jpg_2.jpg"):
+        (folder / name).write_bytes(odd_images["gray.png"].read_bytes() if name.endswith("png") else data)
+    (folder / "x_y_jpg").mkdir()  # an input folder with the name x_y.jpg would get: taken
+    (folder / "x_y_jpg" / "b.jpg").write_bytes(data)
+    (folder / "gone.jpg").symlink_to(folder / "missing.jpg")
+    (folder / "linked").symlink_to(folder / "sub")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / ".hidden.jpg").write_bytes(data)
+    out = folder / "out"  # inside the input folder: a second run must not explain the first's pictures
+    for _ in range(2):
+        assert _explain(quick_ckpt, "--images_dir", str(folder), "--output", str(out), "--overwrite") == 0
+    err = capsys.readouterr().err
+    rows = {r["file"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    outputs = {f: r["output_dir"] for f, r in rows.items() if r["status"] == "ok"}
+    assert outputs == {
+        "sub/a.png": "sub/a_png",
+        "x.y.jpg": "x_y_jpg_2",
+        "x_y.jpg": "x_y_jpg_3",
+        "x_y_jpg/b.jpg": "x_y_jpg/b_jpg",
+        "x_y_jpg_2.jpg": "x_y_jpg_2_jpg",
+    }
+    for name, folder_name in outputs.items():
+        summary = json.loads((out / folder_name / "analysis_summary.json").read_text())
+        assert summary["source"].endswith(name)  # each folder holds its own image's results
+    skipped = {f: r["error"] for f, r in rows.items() if r["status"] == "skipped"}
+    assert skipped["gone.jpg"].startswith("broken symlink")
+    assert skipped["pipe.jpg"] == "a FIFO (named pipe), not an image file"
+    assert skipped["d.jpg"].startswith("a folder named like an image")
+    assert skipped["linked"] == "symlink to a folder (not followed)"
+    assert skipped[".hidden.jpg"].startswith("hidden")
+    assert skipped["out"].startswith("the --output folder")
+    assert "x.y.jpg -> x_y_jpg_2" in err and "pipe.jpg: a FIFO" in err
+    report = json.loads((out / "folder_summary.json").read_text())
+    assert report["explained"] == 5 and report["renamed_outputs"]["x_y.jpg"] == "x_y_jpg_3"

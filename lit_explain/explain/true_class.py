@@ -1,0 +1,50 @@
+"""CAMs of the true class next to those of the predicted class, at the cost of one extra pass over errors.
+
+Where the prediction is right the two maps are the same map, so only misclassified rows need a second
+explanation; once a model learns those are few. Used by the training callbacks' panels and by the audit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lit_explain.explain.cam import CAMResult, cam
+from lit_explain.explain.layers import LayerSpec
+
+__all__ = ["true_class_maps"]
+
+
+def true_class_maps(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    predicted: CAMResult,
+    layer: LayerSpec | Sequence[str | nn.Module] = None,
+    method: str = "gradcam",
+) -> Tensor:
+    """The ``[B, 1, H, W]`` maps for ``labels``, reusing ``predicted.maps`` where ``predicted.targets == labels``.
+
+    Args:
+        model: the explained network (the one ``predicted`` came from).
+        images: the ``[B, C, H, W]`` batch ``predicted`` explains.
+        labels: int ``[B]`` true classes (any device; an inference tensor is copied first, since autograd
+            refuses to record one even as a gather index).
+        predicted: :func:`~lit_explain.explain.cam` result for the predicted classes (or any targets).
+        layer / method: as given to :func:`~lit_explain.explain.cam` for ``predicted``.
+
+    Example:
+        >>> net = torchvision.models.resnet18(num_classes=3).eval()          # doctest: +SKIP
+        >>> pred = cam(net, x, layer="layer4")                               # doctest: +SKIP
+        >>> true = true_class_maps(net, x, y, pred, layer="layer4")          # doctest: +SKIP
+    """
+    with torch.inference_mode(False):
+        labels = labels.to(predicted.targets.device).clone()
+        true_maps = predicted.maps.clone()
+        wrong = torch.nonzero(predicted.targets != labels).flatten()
+        if wrong.numel():
+            rows = images[wrong.to(images.device)]
+            true_maps[wrong] = cam(model, rows, layer=layer, targets=labels[wrong], method=method).maps
+    return true_maps
