@@ -1,4 +1,7 @@
-"""The explanation engine: CAM family, Guided Backprop / Guided Grad-CAM and faithfulness metrics.
+"""The explanation engine: CAM family, attention rollout, Guided Backprop / Guided Grad-CAM, metrics.
+
+CNNs and timm transformers alike (ViT, DeiT, DINOv2 with registers, Swin, ConvNeXt): token and
+channels-last activations are laid out as ``[B, C, h, w]`` without user code (see ``layouts``).
 
 Pure PyTorch, batched, on the model's device, and side-effect free: every call leaves the model's
 modules, train/eval flags, hooks, parameter ``.grad`` and BatchNorm statistics exactly as it found them.
@@ -17,6 +20,7 @@ Example:
 
 from lit_explain.explain.cam import (
     CAM,
+    CAM_METHODS,
     METHODS,
     CAMMethod,
     CAMResult,
@@ -29,9 +33,16 @@ from lit_explain.explain.cam import (
     XGradCAM,
     cam,
 )
-from lit_explain.explain.guided import GuidedGradCAMResult, guided_backprop, guided_gradcam
+from lit_explain.explain.guided import GuidedGradCAMResult, NoReluError, guided_backprop, guided_gradcam
 from lit_explain.explain.hooks import LayerCapture, eval_mode
-from lit_explain.explain.layers import LayerNotFoundError, resolve_layer, resolve_layers, unwrap_model
+from lit_explain.explain.layers import (
+    LayerNotFoundError,
+    family_layer,
+    resolve_layer,
+    resolve_layers,
+    unwrap_model,
+)
+from lit_explain.explain.layouts import LAYOUTS, Layout, ZeroGradientError
 from lit_explain.explain.metrics import (
     average_drop,
     concentration,
@@ -44,10 +55,19 @@ from lit_explain.explain.metrics import (
     perturbation_curve,
     pointing_game,
 )
+from lit_explain.explain.rollout import (
+    ROLLOUT_METHODS,
+    RolloutResult,
+    attention_rollout,
+    is_rollout_method,
+)
 
 __all__ = [
     "CAM",
+    "CAM_METHODS",
+    "LAYOUTS",
     "METHODS",
+    "ROLLOUT_METHODS",
     "CAMMethod",
     "CAMResult",
     "EigenCAM",
@@ -58,8 +78,13 @@ __all__ = [
     "LayerCAM",
     "LayerCapture",
     "LayerNotFoundError",
+    "Layout",
+    "NoReluError",
+    "RolloutResult",
     "ScoreCAM",
     "XGradCAM",
+    "ZeroGradientError",
+    "attention_rollout",
     "average_drop",
     "cam",
     "concentration",
@@ -68,10 +93,12 @@ __all__ = [
     "energy_pointing_game",
     "eval_mode",
     "explanation_confidence",
+    "family_layer",
     "guided_backprop",
     "guided_gradcam",
     "increase_in_confidence",
     "insertion_auc",
+    "is_rollout_method",
     "perturbation_curve",
     "pointing_game",
     "resolve_layer",

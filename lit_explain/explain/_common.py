@@ -75,6 +75,26 @@ def resolve_targets(targets: Targets, logits: Tensor) -> Tensor:
     return out
 
 
+def split_batch(images: Tensor, targets: Targets, batch_size: int | None) -> list[tuple[Tensor, Targets]]:
+    """Consecutive ``(images, targets)`` slices of at most ``batch_size`` images (None: one slice).
+
+    Per-sample targets are checked against the whole batch once and sliced with the images; None, an
+    int or a single target apply to every slice as they are.
+    """
+    batch = images.shape[0]
+    if batch_size is None or batch <= batch_size:
+        return [(images, targets)]
+    bounds = [(start, min(start + batch_size, batch)) for start in range(0, batch, batch_size)]
+    if targets is None or isinstance(targets, int):  # bool too: resolve_targets rejects it per slice
+        return [(images[a:b], targets) for a, b in bounds]
+    flat = torch.as_tensor(targets).reshape(-1)
+    if flat.numel() == 1:
+        return [(images[a:b], flat) for a, b in bounds]
+    if flat.numel() != batch:
+        raise ValueError(f"got {flat.numel()} targets for a batch of {batch}")
+    return [(images[a:b], flat[a:b]) for a, b in bounds]
+
+
 def target_scores(logits: Tensor, targets: Tensor, score: str) -> Tensor:
     """Per-sample score of the target class: the logit, or the softmax probability."""
     if score == "prob":

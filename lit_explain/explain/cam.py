@@ -4,7 +4,9 @@
 says how it turns a layer's activation ``A`` ``[B, K, h, w]`` and the gradient ``G = dy/dA`` of the
 target score ``y`` into a signed map ``[B, h, w]``. Everything is batched and stays on the model's
 device. The formulas follow pytorch-grad-cam's classes of the same name (same epsilons), so the maps
-agree with it to float32 rounding.
+agree with it to float32 rounding. Activations of any layout (tokens, channels-last) are turned into
+``[B, K, h, w]`` by :mod:`~lit_explain.explain.layouts` before a method sees them, and batches are
+explained ``batch_size`` images at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_explain.errors import ConfigError
 from lit_explain.explain._common import (
     Score,
     Targets,
@@ -29,14 +32,24 @@ from lit_explain.explain._common import (
     no_autocast,
     prepare_images,
     resolve_targets,
+    split_batch,
     target_scores,
     upsample,
 )
 from lit_explain.explain.hooks import LayerCapture
-from lit_explain.explain.layers import LayerSpec, resolve_layers, unwrap_model
+from lit_explain.explain.layers import LayerSpec, family_layer, resolve_layers, unwrap_model
+from lit_explain.explain.layouts import LayoutSpec, check_layout_spec, detect_layout
+from lit_explain.explain.rollout import (
+    ROLLOUT_METHODS,
+    attention_rollout,
+    is_rollout_method,
+    rollout_method_name,
+)
 
 __all__ = [
     "CAM",
+    "CAM_METHODS",
+    "DEFAULT_BATCH_SIZE",
     "METHODS",
     "CAMMethod",
     "CAMResult",
@@ -232,40 +245,75 @@ class ScoreCAM(CAMMethod):
 _REGISTRY: dict[str, type[CAMMethod]] = {
     m.name: m for m in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, EigenCAM, ScoreCAM)
 }
-METHODS: list[str] = list(_REGISTRY)
-"""Names accepted by ``method=``."""
+CAM_METHODS: list[str] = list(_REGISTRY)
+"""Names of the activation-and-gradient methods (the ones :func:`guided_gradcam` accepts too)."""
+METHODS: list[str] = [*CAM_METHODS, *ROLLOUT_METHODS]
+"""Names accepted by ``method=``: :data:`CAM_METHODS`, then the attention rollouts (see
+:func:`~lit_explain.explain.rollout.is_rollout_method`), which :func:`cam` hands to
+:func:`~lit_explain.explain.rollout.attention_rollout`."""
+
+DEFAULT_BATCH_SIZE = 32
+"""Images per forward/backward pass unless ``batch_size=`` says otherwise (bounds memory)."""
+
+
+def _method_key(method: str) -> str:
+    key = method.lower().replace("_", "").replace("-", "")
+    return {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}.get(key, key)
 
 
 def get_method(method: str | CAMMethod, chunk_size: int = 32) -> CAMMethod:
     """A method instance from its name (``chunk_size`` is used by scorecam), or the instance itself."""
     if isinstance(method, CAMMethod):
         return method
-    key = method.lower().replace("_", "").replace("-", "") if isinstance(method, str) else method
-    aliases = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
-    key = aliases.get(key, key)
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a name or a CAMMethod, not {type(method).__name__}")
+    if is_rollout_method(method):
+        raise ConfigError(
+            f"{method!r} is an attention rollout, not a channel weighting of one layer; "
+            f"use attention_rollout() or cam(), or one of {CAM_METHODS} here"
+        )
+    key = _method_key(method)
     if key not in _REGISTRY:
-        raise ValueError(f"unknown CAM method {method!r}; choose one of {METHODS}")
+        raise ConfigError(f"unknown CAM method {method!r}; choose one of {METHODS}")
     cls = _REGISTRY[key]
     return cls(chunk_size=chunk_size) if cls is ScoreCAM else cls()
+
+
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be None or >= 1, got {batch_size!r}")
 
 
 class CAM:
     """A reusable explainer: ``CAM(model, layer, method)(images, targets)`` -> :class:`CAMResult`.
 
-    Hooks exist only during a call. Each call does one forward pass (plus scorecam's masked ones),
-    in eval mode, and restores the model exactly: train/eval flags, hooks and parameter ``.grad``.
-    Works inside ``torch.no_grad()`` / ``torch.inference_mode()`` and under autocast (maps are float32).
+    Hooks exist only during a call. Each call does one forward pass per ``batch_size`` images (plus
+    scorecam's masked ones), in eval mode, and restores the model exactly: train/eval flags, hooks and
+    parameter ``.grad``. Works inside ``torch.no_grad()`` / ``torch.inference_mode()`` and under
+    autocast (maps are float32). Transformers need no reshape code: token (ViT, DeiT, DINOv2) and
+    channels-last (Swin) outputs are laid out as ``[B, C, h, w]`` first (see
+    :mod:`lit_explain.explain.layouts`).
 
     Args:
         model: a classifier ``[B, C, H, W] -> [B, num_classes]``; DataParallel / DDP are unwrapped.
-        layer: a dotted name, a module, None (auto: the last 4-D output before global pooling), or a
-            list of those. With several layers, each layer's map is min-max normalised at its own
-            resolution, upsampled to the input size, and the maps are fused element-wise by ``fuse``
-            (``"mean"``, the default, as pytorch-grad-cam does, or ``"max"``), then min-max normalised.
-        method: one of :data:`METHODS` or a :class:`CAMMethod` instance.
+        layer: a dotted name, a module, None (auto, per family: see
+            :func:`~lit_explain.explain.layers.resolve_layer`), or a list of those. With several
+            layers, each layer's map is min-max normalised at its own resolution, upsampled to the
+            input size, and the maps are fused element-wise by ``fuse`` (``"mean"``, the default, as
+            pytorch-grad-cam does, or ``"max"``), then min-max normalised.
+        method: one of :data:`METHODS` or a :class:`CAMMethod` instance. ``"rollout"`` and
+            ``"gradient_rollout"`` run :func:`~lit_explain.explain.rollout.attention_rollout` over
+            every attention block (``layer``, ``fuse``, ``layout`` and ``reshape`` do not apply;
+            ``raw`` is ``[B, 1, h, w]`` on the patch grid).
         score: ``"logit"`` (default) or ``"prob"`` (softmax probability) of the target class.
         fuse: how several layers' maps combine, ``"mean"`` or ``"max"``.
         chunk_size: masked images per forward pass for scorecam.
+        batch_size: images per forward/backward pass; larger batches are explained in slices of
+            this size (same maps, bounded memory). None: the whole batch in one pass.
+        layout: how the layer's output is read: None/``"auto"`` (detected), ``"nchw"``, ``"nhwc"``
+            or ``"tokens"``.
+        reshape: a function ``activation -> [B, C, h, w]`` for any other layout (applied to the
+            gradient too); overrides ``layout``.
 
     Example:
         >>> from torchvision.models import resnet18
@@ -284,46 +332,71 @@ class CAM:
         score: Score = "logit",
         fuse: Fuse = "mean",
         chunk_size: int = 32,
+        batch_size: int | None = DEFAULT_BATCH_SIZE,
+        layout: str | None = None,
+        reshape: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         check_score(score)
+        check_batch_size(batch_size)
         if fuse not in ("mean", "max"):
             raise ValueError(f"fuse must be 'mean' or 'max', got {fuse!r}")
         self.model = model
         self.layer = layer
-        self.method = get_method(method, chunk_size)
+        self.rollout = rollout_method_name(method) if isinstance(method, str) else None
+        self.method = get_method(method, chunk_size) if self.rollout is None else None
         self.score = score
         self.fuse = fuse
+        self.batch_size = batch_size
+        self.layout: LayoutSpec = reshape if reshape is not None else layout
+        check_layout_spec(self.layout)
 
     def __call__(self, images: Tensor, targets: Targets = None) -> CAMResult:
         """Explain ``images`` ``[B, C, H, W]`` for ``targets`` (None: argmax, an int, or one per image)."""
+        if self.rollout is not None:
+            r = attention_rollout(
+                self.model, images, targets, self.rollout, score=self.score, batch_size=self.batch_size
+            )
+            return CAMResult(r.maps, r.raw[:, None], r.logits, r.targets, r.layers, r.method)
         net = unwrap_model(self.model)
-        method = self.method
         with grad_session():
             x = prepare_images(images, model_device(net, images))
             layers = resolve_layers(self.model, self.layer, x)
-            names = [name for name, _ in layers]
-            with LayerCapture(
-                self.model, [m for _, m in layers], names=names, graph_from_layer=method.uses_gradients
-            ) as cap:
-                if method.uses_gradients:
-                    logits = cap.forward(x)
-                    chosen = resolve_targets(targets, logits)
-                    grads: Sequence[Tensor | None] = cap.gradients(
-                        target_scores(logits, chosen, self.score).sum()
-                    )
-                else:
-                    with torch.no_grad():
-                        logits = cap.forward(x)
-                    chosen = resolve_targets(targets, logits)
-                    grads = [None] * len(layers)
-                cap.recording = False  # scorecam's masked forwards must not overwrite the capture
-                acts = [a.detach() for a in cap.activations if a is not None]
-                return build_result(
-                    net, method, x, acts, grads, logits.detach(), chosen, names, self.score, self.fuse
+            parts = [
+                self._explain_slice(net, layers, xs, ts)
+                for xs, ts in split_batch(x, targets, self.batch_size)
+            ]
+        return concat_results(parts)
+
+    def _explain_slice(
+        self, net: nn.Module, layers: list[tuple[str, nn.Module]], x: Tensor, targets: Targets
+    ) -> CAMResult:
+        method = self.method
+        assert method is not None
+        names = [name for name, _ in layers]
+        with LayerCapture(
+            self.model, [m for _, m in layers], names=names, graph_from_layer=method.uses_gradients
+        ) as cap:
+            if method.uses_gradients:
+                logits = cap.forward(x)
+                chosen = resolve_targets(targets, logits)
+                grads: Sequence[Tensor | None] = cap.gradients(
+                    target_scores(logits, chosen, self.score).sum()
                 )
+            else:
+                with torch.no_grad():
+                    logits = cap.forward(x)
+                chosen = resolve_targets(targets, logits)
+                grads = [None] * len(layers)
+            cap.recording = False  # scorecam's masked forwards must not overwrite the capture
+            acts = [a.detach() for a in cap.activations if a is not None]
+            acts, grads = apply_layouts(net, names, acts, grads, tuple(x.shape[-2:]), self.layout)
+            return build_result(
+                net, method, x, acts, grads, logits.detach(), chosen, names, self.score, self.fuse
+            )
 
     def __repr__(self) -> str:
-        return f"CAM(layer={self.layer!r}, method={self.method!r}, score={self.score!r}, fuse={self.fuse!r})"
+        method = self.method if self.rollout is None else self.rollout
+        return f"CAM(layer={self.layer!r}, method={method!r}, score={self.score!r}, fuse={self.fuse!r})"
 
 
 def cam(
@@ -336,6 +409,9 @@ def cam(
     score: Score = "logit",
     fuse: Fuse = "mean",
     chunk_size: int = 32,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    layout: str | None = None,
+    reshape: Callable[[Tensor], Tensor] | None = None,
 ) -> CAMResult:
     """Explain a batch in one call; see :class:`CAM` for the arguments and :class:`CAMResult` for the result.
 
@@ -345,8 +421,65 @@ def cam(
         >>> r.maps.shape, r.maps.dtype, float(r.maps.min()) >= 0.0, float(r.maps.max()) <= 1.0
         (torch.Size([4, 1, 67, 45]), torch.float32, True, True)
     """
-    explainer = CAM(model, layer, method, score=score, fuse=fuse, chunk_size=chunk_size)
+    explainer = CAM(
+        model,
+        layer,
+        method,
+        score=score,
+        fuse=fuse,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        layout=layout,
+        reshape=reshape,
+    )
     return explainer(images, targets)
+
+
+def apply_layouts(
+    net: nn.Module,
+    names: Sequence[str],
+    activations: Sequence[Tensor],
+    gradients: Sequence[Tensor | None],
+    image_size: tuple[int, int],
+    spec: LayoutSpec,
+) -> tuple[list[Tensor], list[Tensor | None]]:
+    """Each layer's activation and gradient as ``[B, C, h, w]`` (one layout per layer, detected once).
+
+    Raises :class:`~lit_explain.explain.layouts.ZeroGradientError` for a token layer the score does
+    not reach through any patch token (a ViT's final norm), naming the layer the family rule picks.
+    """
+    acts: list[Tensor] = []
+    grads: list[Tensor | None] = []
+    for name, act, grad in zip(names, activations, gradients, strict=True):
+        layout = detect_layout(net, name, act, image_size, spec)
+        if grad is not None:
+            auto = family_layer(net)
+            layout.check_gradient(grad, name, f", e.g. {auto!r}" if auto and auto != name else "")
+        acts.append(layout(act))
+        grads.append(None if grad is None else layout(grad))
+    return acts, grads
+
+
+def concat_results(parts: Sequence[CAMResult]) -> CAMResult:
+    """One :class:`CAMResult` from the results of consecutive slices of a batch."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if isinstance(first.raw, tuple):
+        raw: Tensor | tuple[Tensor, ...] = tuple(
+            torch.cat([p.raw[i] for p in parts])
+            for i in range(len(first.raw))  # type: ignore[index]
+        )
+    else:
+        raw = torch.cat([p.raw for p in parts])  # type: ignore[misc]
+    return CAMResult(
+        maps=torch.cat([p.maps for p in parts]),
+        raw=raw,
+        logits=torch.cat([p.logits for p in parts]),
+        targets=torch.cat([p.targets for p in parts]),
+        layers=first.layers,
+        method=first.method,
+    )
 
 
 def build_result(

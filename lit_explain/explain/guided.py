@@ -9,12 +9,14 @@ without ``inplace``, a module called twice, ``F.relu``, ``torch.relu``, ``torch.
 modules are never replaced, so nothing needs restoring but the train/eval flags and the hooks,
 which :class:`~lit_explain.explain.hooks.LayerCapture` handles. Calls below the Python API
 (``torch.ops.aten.relu`` directly, TorchScript or compiled graphs) are not seen and keep the plain
-backward; other activations (SiLU, Hardswish, GELU) keep theirs too, as in captum.
+backward; other activations (SiLU, Hardswish, GELU) keep theirs too, as in captum. A model that runs
+no relu at all (ViTs, ConvNeXt, EfficientNet: GELU/SiLU) raises :class:`NoReluError` by default, since
+"guided" backprop would silently be the plain gradient.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
+from lit_explain.errors import ConfigError
 from lit_explain.explain._common import (
     Score,
     Targets,
@@ -31,13 +34,36 @@ from lit_explain.explain._common import (
     model_device,
     prepare_images,
     resolve_targets,
+    split_batch,
     target_scores,
 )
-from lit_explain.explain.cam import CAMMethod, CAMResult, build_result, get_method
+from lit_explain.explain.cam import (
+    DEFAULT_BATCH_SIZE,
+    CAMMethod,
+    CAMResult,
+    apply_layouts,
+    build_result,
+    check_batch_size,
+    concat_results,
+    get_method,
+)
 from lit_explain.explain.hooks import LayerCapture
 from lit_explain.explain.layers import LayerSpec, resolve_layers, unwrap_model
+from lit_explain.explain.layouts import LayoutSpec, check_layout_spec
 
-__all__ = ["GuidedGradCAMResult", "guided_backprop", "guided_gradcam"]
+__all__ = ["GuidedGradCAMResult", "NoReluError", "guided_backprop", "guided_gradcam"]
+
+# Named in the NoReluError message when a model runs no relu.
+_OTHER_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+)
 
 # func -> True if the call is in-place (F.relu decides from its ``inplace`` argument).
 _RELUS: dict[object, bool | None] = {
@@ -115,14 +141,34 @@ class GuidedGradCAMResult:
     cam: CAMResult
 
 
+class NoReluError(ConfigError):
+    """Guided Backprop was asked of a model whose forward pass runs no ReLU (GELU, SiLU networks).
+
+    The guided rule changes only ReLU backward passes; without one the result would be the plain
+    input gradient under another name. Callers that draw a Guided Grad-CAM column next to others
+    (callbacks, audit) catch this error and drop the column; ``allow_no_relu=True`` returns the plain
+    gradient instead (captum's behaviour).
+    """
+
+
 def guided_backprop(
-    model: nn.Module, images: Tensor, targets: Targets = None, *, score: Score = "logit"
+    model: nn.Module,
+    images: Tensor,
+    targets: Targets = None,
+    *,
+    score: Score = "logit",
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    allow_no_relu: bool = False,
 ) -> Tensor:
     """Guided Backprop: the input gradient of the target score with guided ReLU backward.
 
     Returns float32 ``[B, C, H, W]`` on the model's device (raw gradients, not normalised), equal to
     captum's ``GuidedBackprop`` where the model's relus are ``nn.ReLU`` modules, and also guiding
     functional relu calls. The model is left exactly as found (modules, flags, hooks, ``.grad``).
+    Batches are explained ``batch_size`` images per pass.
+
+    Raises:
+        NoReluError: the forward pass ran no relu (unless ``allow_no_relu``).
 
     Example:
         >>> from torchvision.models import resnet18
@@ -131,8 +177,15 @@ def guided_backprop(
         (torch.Size([2, 3, 64, 64]), torch.float32)
     """
     check_score(score)
-    _, backprop, _ = _guided_pass(model, images, targets, score, layer=None, method=None)
-    return backprop
+    check_batch_size(batch_size)
+    net = unwrap_model(model)
+    with grad_session():
+        x = prepare_images(images, model_device(net, images))
+        parts = [
+            _guided_pass(model, xs, ts, score, [], None, "mean", None, allow_no_relu)[1]
+            for xs, ts in split_batch(x, targets, batch_size)
+        ]
+    return torch.cat(parts)
 
 
 def guided_gradcam(
@@ -145,6 +198,10 @@ def guided_gradcam(
     score: Score = "logit",
     fuse: str = "mean",
     chunk_size: int = 32,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    layout: str | None = None,
+    reshape: Callable[[Tensor], Tensor] | None = None,
+    allow_no_relu: bool = False,
 ) -> GuidedGradCAMResult:
     """Guided Grad-CAM: guided backprop times the upsampled CAM, from ONE forward pass.
 
@@ -154,7 +211,11 @@ def guided_gradcam(
     switch to the plain backward for a first, short pass from the score to the layer, then the full
     guided pass runs to the input.
 
-    Args are as in :func:`~lit_explain.explain.cam.cam`; ``method`` may be any of its methods.
+    Args are as in :func:`~lit_explain.explain.cam.cam`; ``method`` may be any of its
+    :data:`~lit_explain.explain.cam.CAM_METHODS` (not the rollouts).
+
+    Raises:
+        NoReluError: the forward pass ran no relu (unless ``allow_no_relu``).
 
     Example:
         >>> from torchvision.models import resnet18
@@ -163,59 +224,82 @@ def guided_gradcam(
         (torch.Size([2, 3, 64, 64]), torch.Size([2, 1, 64, 64]))
     """
     check_score(score)
+    check_batch_size(batch_size)
+    check_layout_spec(reshape if reshape is not None else layout)
     if fuse not in ("mean", "max"):
         raise ValueError(f"fuse must be 'mean' or 'max', got {fuse!r}")
-    result, backprop, _ = _guided_pass(
-        model, images, targets, score, layer=layer, method=get_method(method, chunk_size), fuse=fuse
-    )
-    assert result is not None
+    cam_method = get_method(method, chunk_size)
+    net = unwrap_model(model)
+    with grad_session():
+        x = prepare_images(images, model_device(net, images))
+        layers = resolve_layers(model, layer, x)
+        spec = reshape if reshape is not None else layout
+        parts = [
+            _guided_pass(model, xs, ts, score, layers, cam_method, fuse, spec, allow_no_relu)
+            for xs, ts in split_batch(x, targets, batch_size)
+        ]
+    result = concat_results([p[0] for p in parts if p[0] is not None])
+    backprop = torch.cat([p[1] for p in parts])
     return GuidedGradCAMResult(guided=backprop * result.maps, backprop=backprop, cam=result)
+
+
+def _no_relu_error(net: nn.Module) -> NoReluError:
+    kinds = sorted({type(m).__name__ for m in net.modules() if isinstance(m, _OTHER_ACTIVATIONS)})
+    found = f" (its activations: {', '.join(kinds)})" if kinds else ""
+    return NoReluError(
+        f"guided backprop needs ReLU activations, but {type(net).__name__} ran no relu{found}: the "
+        "guided rule would change nothing and the result would be the plain input gradient. Use a "
+        "CAM method alone, or pass allow_no_relu=True to get the plain gradient"
+    )
 
 
 def _guided_pass(
     model: nn.Module,
-    images: Tensor,
+    x: Tensor,
     targets: Targets,
     score: str,
-    *,
-    layer: LayerSpec | Sequence[str | nn.Module],
+    layers: Sequence[tuple[str, nn.Module]],
     method: CAMMethod | None,
-    fuse: str = "mean",
-) -> tuple[CAMResult | None, Tensor, Tensor]:
+    fuse: str,
+    layout: LayoutSpec,
+    allow_no_relu: bool,
+) -> tuple[CAMResult | None, Tensor]:
+    """One slice: ``(CAM result or None, guided input gradient)`` from a single forward pass."""
     net = unwrap_model(model)
-    with grad_session():
-        x = prepare_images(images, model_device(net, images)).detach().requires_grad_(True)
-        layers = resolve_layers(model, layer, x) if method is not None else []
-        names = [name for name, _ in layers]
-        state = _GuidedState()
-        relus_at_capture: dict[int, int] = {}
-        with LayerCapture(
-            model,
-            [m for _, m in layers],
-            names=names,
-            on_capture=lambda i: relus_at_capture.__setitem__(i, state.calls),
-        ) as cap:
-            with _GuidedReLUMode(state):
-                logits = cap.forward(x)
-            chosen = resolve_targets(targets, logits)
-            total = target_scores(logits, chosen, score).sum()
-            layer_grads: Sequence[Tensor | None] = [None] * len(layers)
-            if method is not None and method.uses_gradients:
-                if state.calls > min(relus_at_capture.values()):
-                    state.guided = False
-                    layer_grads = cap.gradients(total, retain_graph=True)
-                    state.guided = True
-                    (backprop,) = torch.autograd.grad(total, [x])
-                else:
-                    *layer_grads, backprop = cap.gradients(total, [x])
-            else:
+    x = x.detach().requires_grad_(True)
+    names = [name for name, _ in layers]
+    state = _GuidedState()
+    relus_at_capture: dict[int, int] = {}
+    with LayerCapture(
+        model,
+        [m for _, m in layers],
+        names=names,
+        on_capture=lambda i: relus_at_capture.__setitem__(i, state.calls),
+    ) as cap:
+        with _GuidedReLUMode(state):
+            logits = cap.forward(x)
+        if state.calls == 0 and not allow_no_relu:
+            raise _no_relu_error(net)
+        chosen = resolve_targets(targets, logits)
+        total = target_scores(logits, chosen, score).sum()
+        layer_grads: Sequence[Tensor | None] = [None] * len(layers)
+        if method is not None and method.uses_gradients:
+            if state.calls > min(relus_at_capture.values()):
+                state.guided = False
+                layer_grads = cap.gradients(total, retain_graph=True)
+                state.guided = True
                 (backprop,) = torch.autograd.grad(total, [x])
-            backprop = backprop.float()
-            if method is None:
-                return None, backprop, chosen
-            cap.recording = False
-            acts = [a.detach() for a in cap.activations if a is not None]
-            result = build_result(
-                net, method, x.detach(), acts, layer_grads, logits.detach(), chosen, names, score, fuse
-            )
-            return result, backprop, chosen
+            else:
+                *layer_grads, backprop = cap.gradients(total, [x])
+        else:
+            (backprop,) = torch.autograd.grad(total, [x])
+        backprop = backprop.float()
+        if method is None:
+            return None, backprop
+        cap.recording = False
+        acts = [a.detach() for a in cap.activations if a is not None]
+        acts, layer_grads = apply_layouts(net, names, acts, layer_grads, tuple(x.shape[-2:]), layout)
+        result = build_result(
+            net, method, x.detach(), acts, layer_grads, logits.detach(), chosen, names, score, fuse
+        )
+        return result, backprop

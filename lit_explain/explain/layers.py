@@ -17,7 +17,14 @@ from torch import Tensor, nn
 from lit_explain.errors import ConfigError
 from lit_explain.explain._state import eval_mode, unwrap_model
 
-__all__ = ["LayerNotFoundError", "LayerSpec", "resolve_layer", "resolve_layers", "unwrap_model"]
+__all__ = [
+    "LayerNotFoundError",
+    "LayerSpec",
+    "family_layer",
+    "resolve_layer",
+    "resolve_layers",
+    "unwrap_model",
+]
 
 LayerSpec = str | nn.Module | None
 """A layer as the public API accepts it: a dotted name, the module itself, or None for automatic."""
@@ -48,10 +55,13 @@ def resolve_layer(
 
     Args:
         model: the classifier, possibly wrapped in DataParallel / DistributedDataParallel.
-        layer: a dotted name as in ``model.named_modules()``, a module of ``model``, or None to pick
-            the last module with a 4-D output before global pooling (found with a one-image probe
-            forward of ``images``, cached per model and input shape).
-        images: a batch ``[B, C, H, W]``; needed only when ``layer`` is None.
+        layer: a dotted name as in ``model.named_modules()``, a module of ``model``, or None for
+            the automatic choice: the family rule of :func:`family_layer` when the model (or a
+            module inside it, such as a Lightning module's backbone) is a recognised transformer
+            or stage network; otherwise the last module with a 4-D output before global pooling,
+            found with a one-image probe forward of ``images`` and cached per model and input shape
+            (torchvision ResNets: ``layer4``; VGG, DenseNet, MobileNet, EfficientNet: ``features``).
+        images: a batch ``[B, C, H, W]``; needed only when ``layer`` is None and no family rule applies.
 
     Raises:
         LayerNotFoundError: the name or module is not part of the model; the message lists close
@@ -64,6 +74,9 @@ def resolve_layer(
     """
     net = unwrap_model(model)
     if layer is None:
+        family = family_layer(net)
+        if family is not None:
+            return family, dict(net.named_modules())[family]
         if images is None:
             raise ValueError("layer=None picks the layer with a probe forward, so it needs the images")
         return _auto_layer(net, images)
@@ -95,6 +108,58 @@ def resolve_layers(
             raise ValueError("the list of layers is empty")
         return [resolve_layer(model, spec, images) for spec in layers]
     return [resolve_layer(model, layers, images)]
+
+
+def family_layer(model: nn.Module) -> str | None:
+    """The layer ``layer=None`` picks by model family, or None when no family rule applies.
+
+    The outermost module of ``model`` that matches a rule decides (so a classifier wrapping a timm
+    backbone as ``net`` gets ``net.blocks.11.norm1``):
+
+    - ViT, DeiT, DINOv2, EVA (a ``patch_embed`` and ``blocks`` whose last has ``norm1`` and
+      ``attn``): the last block's ``norm1``, the input of the last attention. Not the last block's
+      output nor the final ``norm``: after them the head reads only the class token, so the
+      gradient on every patch token is zero (:class:`~lit_explain.explain.layouts.ZeroGradientError`).
+    - Swin (a ``patch_embed`` and ``layers`` of stages with ``blocks``): the last stage's last
+      block's ``norm1`` (channels-last, as pytorch-grad-cam's Swin example).
+    - torchvision ViT (``conv_proj`` and ``encoder.layers``): the last encoder layer's ``ln_1``.
+    - ConvNeXt and other timm stage networks (a ``stem`` and ``stages``): the last stage.
+
+    Example:
+        >>> import timm
+        >>> family_layer(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32))
+        'blocks.11.norm1'
+    """
+    for prefix, module in model.named_modules():
+        rule = _family_rule(module)
+        if rule is not None:
+            return f"{prefix}.{rule}" if prefix else rule
+    return None
+
+
+def _family_rule(module: nn.Module) -> str | None:
+    def last(seq: object) -> tuple[str, nn.Module] | None:
+        if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq) > 0:
+            return next(reversed(seq._modules.items()))  # type: ignore[return-value]
+        return None
+
+    if hasattr(module, "patch_embed"):
+        blocks = last(getattr(module, "blocks", None))
+        if blocks is not None and hasattr(blocks[1], "norm1") and hasattr(blocks[1], "attn"):
+            return f"blocks.{blocks[0]}.norm1"
+        stage = last(getattr(module, "layers", None))
+        inner = last(getattr(stage[1], "blocks", None)) if stage is not None else None
+        if stage is not None and inner is not None and hasattr(inner[1], "norm1"):
+            return f"layers.{stage[0]}.blocks.{inner[0]}.norm1"
+    encoder = getattr(module, "encoder", None)
+    if hasattr(module, "conv_proj") and encoder is not None:
+        layer = last(getattr(encoder, "layers", None))
+        if layer is not None and hasattr(layer[1], "ln_1"):
+            return f"encoder.layers.{layer[0]}.ln_1"
+    stages = last(getattr(module, "stages", None))
+    if stages is not None and hasattr(module, "stem"):
+        return f"stages.{stages[0]}"
+    return None
 
 
 def _by_name(net: nn.Module, name: str, wrapped: bool) -> tuple[str, nn.Module]:

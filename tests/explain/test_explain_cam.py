@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from explain_helpers import SIZE, shared_model
 from torch import nn
 
-from lit_explain.explain import CAM, METHODS, CAMResult, ScoreCAM, cam
+from lit_explain.explain import CAM, CAM_METHODS, METHODS, ROLLOUT_METHODS, CAMResult, ScoreCAM, cam
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +30,12 @@ def _reference_maps(raw: torch.Tensor) -> torch.Tensor:
 
 
 def test_methods_list() -> None:
-    assert METHODS == ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam"]
+    assert CAM_METHODS == ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam"]
+    assert ROLLOUT_METHODS == ("rollout", "gradient_rollout")
+    assert METHODS == [*CAM_METHODS, *ROLLOUT_METHODS]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CAM_METHODS)
 def test_result_contract(model: nn.Module, x: torch.Tensor, method: str) -> None:
     layer = "layer1.0.conv1" if method == "scorecam" else "layer4"  # 64 channels keep scorecam short
     r = cam(model, x, layer=layer, method=method, chunk_size=96)
