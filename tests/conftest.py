@@ -1,13 +1,18 @@
-"""Shared fixtures: a tiny trained shapes checkpoint and the real-photo folder."""
+"""Shared fixtures: a tiny trained shapes checkpoint, the real-photo folder, and huge image files made cheaply."""
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from PIL import Image
 
 from lit_explain.data import ShapesDataModule
 from lit_explain.models import ImageClassifier
@@ -52,3 +57,53 @@ def leaf_shapes_dir() -> Path:
 def _torch_threads() -> None:
     # Tests run on 2-core machines; oversubscribing threads makes them slower, not faster.
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def write_huge_png(path: Path, width: int, height: int) -> Path:
+    """A valid all-black 1-bit PNG of any size, streamed row block by row block: 20000x20000 is ~220 KB."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(1)  # fastest; all-zero rows still shrink ~250x
+    rows = bytes(1 + (width + 7) // 8) * 1000  # filter byte 0 + packed bits, 1000 rows at a time
+    body = [compressor.compress(rows) for _ in range(height // 1000)]
+    body += [compressor.compress(bytes(1 + (width + 7) // 8) * (height % 1000)), compressor.flush()]
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def write_flat_jpeg(path: Path, width: int, height: int) -> Path:
+    """A valid mid-grey baseline JPEG of any size (multiples of 32), written without allocating its pixels.
+
+    A flat block of value 128 has only zero DCT coefficients: with libjpeg's standard Huffman tables it is
+    the 6 bits ``00`` (DC difference 0) + ``1010`` (end of block), so four blocks are the bytes 28 a2 8a.
+    The header (tables) comes from a 16x16 image PIL encodes; only the frame size is patched.
+    """
+    if width % 32 or height % 32:
+        raise ValueError("width and height must be multiples of 32 (whole groups of four 8x8 blocks)")
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(buffer, format="JPEG", quality=75)
+    template = buffer.getvalue()
+    assert template.endswith(bytes.fromhex("28a28affd9")), "PIL no longer writes the standard tables"
+    header = bytearray(template[: -len("28a28affd9") // 2])
+    sof = header.index(b"\xff\xc0")
+    header[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    blocks = (width // 8) * (height // 8)
+    path.write_bytes(bytes(header) + bytes.fromhex("28a28a") * (blocks // 4) + b"\xff\xd9")
+    return path
+
+
+@pytest.fixture
+def huge_png(tmp_path: Path) -> Callable[..., Path]:
+    """``huge_png(width, height, name="huge.png")``: a tiny file whose header claims that many pixels."""
+    return lambda width, height, name="huge.png": write_huge_png(tmp_path / name, width, height)
+
+
+@pytest.fixture
+def flat_jpeg(tmp_path: Path) -> Callable[..., Path]:
+    """``flat_jpeg(width, height, name="flat.jpg")``: a real, decodable mid-grey JPEG of that size."""
+    return lambda width, height, name="flat.jpg": write_flat_jpeg(tmp_path / name, width, height)

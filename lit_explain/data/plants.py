@@ -6,9 +6,20 @@
    ``root/<class>/*.jpg`` split here;
 3. one flat folder of ``{label}_{id}.jpg`` files, split here.
 
+Subfolders. In the class-folder layouts (2) a class folder's images are read recursively, as torchvision's
+ImageFolder does: ``oak/2024/img1.jpg`` is an ``oak`` image. In the file-name layouts (1, 3) only the folder
+itself is read, so a subfolder holding images (``extra/``, ``Oak/...`` next to loose files) is an error that
+counts them and names a few, never silently left out. Hidden files and folders (``.name``) are ignored.
+
+At least two classes are needed; one class only is an error that says which class was found.
+
 Splits made here are stratified and seeded. Every image is read by :func:`lit_explain.data.images.load_image`
-(any mode, EXIF rotation, mixed-case extensions) and normalised with the ImageNet statistics the pretrained
-backbones expect.
+(any mode, EXIF rotation, mixed-case extensions) with bounded memory: a JPEG is decoded at the smallest
+libjpeg scale that keeps twice ``image_size``, and any image that would still need more than
+``max_image_pixels`` decoded pixels (a decompression bomb, a huge scan) is refused from its header. During
+setup every file's header is read, so an unreadable or oversize image stops the run *before* training with
+one message listing them (or, with ``skip_bad_images``, every image is decoded once and the bad ones are left
+out and listed). Images are normalised with the ImageNet statistics the pretrained backbones expect.
 """
 
 from __future__ import annotations
@@ -28,11 +39,13 @@ from tqdm.auto import tqdm
 from lit_explain.data._split import stratified_split
 from lit_explain.data.base import SPLITS, ExplainableDataModule
 from lit_explain.data.images import (
+    DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageDecodeError,
     eval_transform,
     is_image_file,
     load_image,
+    probe_image,
 )
 from lit_explain.errors import ConfigError, DataError
 
@@ -60,6 +73,29 @@ def _images_in(folder: Path) -> list[Path]:
 
 def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Every image below ``folder`` at any depth (symlinked folders followed once), in path order."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for current, dirs, files in os.walk(folder, followlinks=True):
+        stat = os.stat(current)
+        if (stat.st_dev, stat.st_ino) in seen:  # a symlink loop: do not walk a folder twice
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        here = Path(current)
+        found += [
+            here / f for f in files if is_image_file(f) and not f.startswith(".") and (here / f).is_file()
+        ]
+    return sorted(found)
+
+
+def _examples(paths: Sequence[Path], root: Path, limit: int = 3) -> str:
+    shown = ", ".join(str(p.relative_to(root)) for p in paths[:limit])
+    return shown + (", ..." if len(paths) > limit else "")
 
 
 def parse_label(path: Path) -> str:
@@ -105,16 +141,24 @@ class ImageFileDataset(Dataset):
         torch.Size([3, 224, 224])
     """
 
-    def __init__(self, records: Sequence[ImageRecord], transform: v2.Transform) -> None:
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        transform: v2.Transform,
+        **load_kwargs: Any,
+    ) -> None:
         self.records = list(records)
         self.transform = transform
+        # load_image's bounds (size, max_pixels, limit_hint): decode no more than the transform needs.
+        self.load_kwargs = load_kwargs
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        return {"image": self.transform(load_image(record.path)), "label": record.label, "index": index}
+        image = load_image(record.path, **self.load_kwargs)
+        return {"image": self.transform(image), "label": record.label, "index": index}
 
 
 class PlantDataModule(ExplainableDataModule):
@@ -131,8 +175,11 @@ class PlantDataModule(ExplainableDataModule):
         image_size: side of the square input (224 for ImageNet backbones).
         augment: random resized crop (scale 0.35-1) and horizontal flip on training images; eval images are
             resized whole to ``image_size`` (the same pre-processing the explain command and service use).
-        skip_bad_images: decode every image once during setup and leave out the unreadable ones, logging how
-            many and which; without it an unreadable image stops training with an error naming the file.
+        skip_bad_images: decode every image once during setup and leave out the unreadable or oversize ones,
+            logging how many and which (also kept in ``skipped``); without it setup reads every header and
+            an unreadable or oversize image stops the run before training, with an error naming the files.
+        max_image_pixels: the most pixels one image may need decoded (a JPEG counts at its reduced decode
+            scale); larger images are refused from their header, before decoding.
         batch_size, num_workers, pin_memory: loader settings; ``pin_memory=None`` pins when CUDA is present.
 
     Example:
@@ -153,6 +200,7 @@ class PlantDataModule(ExplainableDataModule):
         image_size: int = 224,
         augment: bool = True,
         skip_bad_images: bool = False,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
         batch_size: int = 32,
         num_workers: int = min(4, os.cpu_count() or 1),
         pin_memory: bool | None = None,
@@ -167,6 +215,10 @@ class PlantDataModule(ExplainableDataModule):
             )
         if image_size < 16:
             raise ConfigError(f"data.image_size must be at least 16 pixels, got {image_size}")
+        if max_image_pixels < 1:
+            raise ConfigError(f"data.max_image_pixels must be >= 1, got {max_image_pixels}")
+        if class_names is not None and len(class_names) < 2:
+            raise ConfigError(f"data.class_names={class_names}: a classifier needs at least two classes")
         if class_names is not None and len(set(class_names)) != len(class_names):
             raise ConfigError(f"data.class_names has duplicates: {class_names}")
         # The model keeps class names itself; Lightning refuses equal keys with different logged values.
@@ -202,10 +254,20 @@ class PlantDataModule(ExplainableDataModule):
             else:
                 raw = {"all": self._scan(self.root, layout == "folders")}
             names = self._resolve_names(raw)
+            if len(names) < 2:
+                count = sum(len(files) for files in raw.values())
+                raise DataError(
+                    f"{self.root} holds images of one class only ({names[0] if names else 'none'}: {count} "
+                    "images); a classifier needs at least two classes. Add images of another class "
+                    "(another class folder, or files named {label}_{id}.jpg with another label)"
+                )
             index = {name: i for i, name in enumerate(names)}
             labelled = {s: [ImageRecord(p, index[label]) for p, label in files] for s, files in raw.items()}
             if self.hparams.skip_bad_images:
                 labelled = {s: self._drop_unreadable(s, recs) for s, recs in labelled.items()}
+            else:
+                for recs in labelled.values():
+                    self._check_headers(recs)
             self._class_names = names
             self._records = labelled if "all" not in labelled else self._split(labelled["all"], names)
             for split in SPLITS:
@@ -216,16 +278,23 @@ class PlantDataModule(ExplainableDataModule):
         if not folder.is_dir():
             raise DataError(f"expected a folder {folder}, found none")
         if by_folder:
-            found = [(p, sub.name) for sub in _subfolders(folder) for p in _images_in(sub)]
+            found = [(p, sub.name) for sub in _subfolders(folder) for p in _images_under(sub)]
             stray = _images_in(folder)
             if stray:
                 raise DataError(
                     f"{folder} mixes class subfolders with {len(stray)} loose image(s) such as {stray[0].name}; "
                     "put every image inside its class folder"
                 )
-        else:
-            found = [(p, parse_label(p)) for p in _images_in(folder)]
-        return found
+            return found
+        nested = [p for sub in _subfolders(folder) for p in _images_under(sub)]
+        if nested:
+            raise DataError(
+                f"{folder} holds images named {{label}}_{{id}}.jpg and {len(nested)} more image(s) in "
+                f"subfolders ({_examples(nested, folder)}), which this layout does not read. Move them into "
+                f"{folder} itself, move them elsewhere, or sort every image into class folders "
+                "(<class>/*.jpg, read recursively)"
+            )
+        return [(p, parse_label(p)) for p in _images_in(folder)]
 
     def _resolve_names(self, raw: dict[str, list[tuple[Path, str]]]) -> list[str]:
         labels = {label for files in raw.values() for _, label in files}
@@ -263,11 +332,34 @@ class PlantDataModule(ExplainableDataModule):
             )
         return given
 
+    def _load_kwargs(self) -> dict[str, Any]:
+        return {
+            "size": self.input_size,
+            "max_pixels": self.hparams.max_image_pixels,
+            "limit_hint": "data.max_image_pixels",
+        }
+
+    def _check_headers(self, records: list[ImageRecord]) -> None:
+        """Read every header (no pixels) so an unreadable or oversize file stops the run now, not mid-epoch."""
+        bad: list[str] = []
+        for record in tqdm(records, desc="reading image headers", leave=False, disable=len(records) < 2000):
+            try:
+                probe_image(record.path, **self._load_kwargs())
+            except ImageDecodeError as exc:
+                bad.append(str(exc))
+        if bad:
+            raise DataError(
+                f"{len(bad)} image(s) cannot be used: "
+                + "; ".join(bad[:3])
+                + ("; ..." if len(bad) > 3 else "")
+                + ". Fix or remove them, or pass --data.skip_bad_images=true to leave them out"
+            )
+
     def _drop_unreadable(self, split: str, records: list[ImageRecord]) -> list[ImageRecord]:
         kept = []
         for record in tqdm(records, desc=f"checking {split} images", leave=False, disable=len(records) < 200):
             try:
-                load_image(record.path)
+                load_image(record.path, **self._load_kwargs())
             except ImageDecodeError as exc:
                 self.skipped.append((record.path, str(exc)))
                 continue
@@ -324,7 +416,7 @@ class PlantDataModule(ExplainableDataModule):
             if split == "train"
             else eval_transform(self.input_size, self.mean, self.std)
         )
-        return ImageFileDataset(self.records()[split], transform)
+        return ImageFileDataset(self.records()[split], transform, **self._load_kwargs())
 
     def split_labels(self, split: str) -> torch.Tensor:
         return torch.tensor([r.label for r in self.records()[split]], dtype=torch.long)

@@ -1,32 +1,44 @@
 """Turn whatever the user sends (a path, bytes, a PIL image) into the tensor the model expects.
 
 The model's hyperparameters say how it was trained (input size, normalisation, channels); this module
-reads the image in any mode with :func:`lit_explain.data.images.load_image` and applies exactly that
-transform. Sizes are checked from the header *before* decoding, so a decompression bomb or a huge scan
-is refused without allocating its pixels.
+reads the image in any mode with :func:`lit_explain.data.images.decode_image` and applies exactly that
+transform. Decoding is bounded: a JPEG is decoded at the smallest libjpeg scale that keeps twice the model's
+input size, other formats are shrunk right after decoding, and whatever would still exceed ``max_pixels`` is
+refused from the header *before* decoding, so a decompression bomb or a huge scan never allocates its pixels.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from lit_explain.data.images import ImageDecodeError, eval_transform, load_image
+from lit_explain.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    ImageInfo,
+    ImageTooLargeError,
+    decode_image,
+    describe_source,
+    eval_transform,
+    probe_image,
+)
 from lit_explain.errors import DataError
 
-DEFAULT_MAX_PIXELS = 50_000_000  # a 50-megapixel photo is fine, a 30,000 x 30,000 bomb is not
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageSource",
+    "ImageTooLargeError",
+    "Prepared",
+    "Preprocessor",
+    "check_pixels",
+]
 
 ImageSource = str | Path | bytes | bytearray | Image.Image | np.ndarray | torch.Tensor
-
-
-class ImageTooLargeError(DataError):
-    """The image has more pixels than allowed; the message gives both numbers."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,7 @@ def _describe(source: ImageSource) -> str:
     return str(source)
 
 
-def _as_pil(array: np.ndarray | torch.Tensor) -> Image.Image:
+def _as_pil(array: np.ndarray | torch.Tensor, name: str) -> Image.Image:
     """An in-memory picture as PIL: numpy ``[H, W(, C)]``, torch ``[C, H, W]`` / ``[H, W]``, float in [0, 1] or uint8."""
     from lit_explain.render import to_hwc_uint8
 
@@ -60,34 +72,30 @@ def _as_pil(array: np.ndarray | torch.Tensor) -> Image.Image:
     try:
         pixels = to_hwc_uint8(array)
     except (ValueError, TypeError) as exc:
-        raise ImageDecodeError(f"cannot use {_describe(array)} as an image: {exc}") from exc
+        raise ImageDecodeError(f"cannot use {name} as an image: {exc}") from exc
     return Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
 
 
 def check_pixels(source: ImageSource, max_pixels: int) -> tuple[int, int]:
-    """Read only the header of ``source`` and refuse it when ``width * height > max_pixels``."""
-    name = _describe(source)
-    if isinstance(source, Image.Image):
-        size = source.size
-    else:
-        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else None
-        if handle is None and not Path(source).is_file():
-            raise ImageDecodeError(f"cannot open image {name}: no such file")
-        try:
-            with Image.open(handle or source) as image:  # lazy: decodes the header only
-                size = image.size
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise ImageDecodeError(f"cannot decode image {name}: {exc}") from exc
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(
-                f"image {name} exceeds the limit of {max_pixels:,} pixels and PIL's decompression-bomb guard: {exc}"
-            ) from exc
+    """Read only the header of ``source`` and refuse it when ``width * height > max_pixels``.
+
+    The stored size counts here, whatever a reduced decode would allocate (see :meth:`Preprocessor.probe`).
+    """
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        source = _as_pil(source, _message_name(source))
+    size = probe_image(source, name=_message_name(source)).size
     if size[0] * size[1] > max_pixels:
         raise ImageTooLargeError(
-            f"image {name} has {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more than the limit of "
-            f"{max_pixels:,}; resize it first"
+            f"{_message_name(source)} has {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more than the "
+            f"limit of {max_pixels:,}; shrink the image or raise max_pixels"
         )
     return size
+
+
+def _message_name(source: object) -> str:
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return f"the {type(source).__name__} of shape {tuple(source.shape)}"
+    return describe_source(source)
 
 
 class Preprocessor:
@@ -97,7 +105,9 @@ class Preprocessor:
         input_size: ``(height, width)`` the model was trained at.
         mean, std: the normalisation, one value per channel.
         in_channels: 1 (images are converted to grayscale) or 3 (RGB).
-        max_pixels: largest ``width * height`` accepted before decoding.
+        max_pixels: largest ``width * height`` decoded (a JPEG counts at the reduced scale it is decoded at).
+        limit_hint: the setting that raises ``max_pixels``, quoted when an image is refused (the explain
+            command and the service both take ``--max_pixels``).
 
     Example:
         >>> prep = Preprocessor((64, 64), mean=(0.5,), std=(0.25,), in_channels=1)
@@ -112,6 +122,7 @@ class Preprocessor:
         std: Sequence[float],
         in_channels: int = 3,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        limit_hint: str = "max_pixels (--max_pixels)",
     ) -> None:
         if in_channels not in (1, 3):
             raise DataError(f"only 1- or 3-channel models can be explained, this one takes {in_channels}")
@@ -125,6 +136,7 @@ class Preprocessor:
         self.in_channels = in_channels
         self.mode = "L" if in_channels == 1 else "RGB"
         self.max_pixels = max_pixels
+        self.limit_hint = limit_hint
         self._transform = eval_transform(self.input_size, self.mean, self.std)
 
     @classmethod
@@ -142,36 +154,41 @@ class Preprocessor:
         in_channels = int(hp.get("in_channels") or len(hp["mean"]))
         return cls(size, hp["mean"], hp["std"], in_channels, max_pixels)
 
-    def __call__(self, source: ImageSource) -> Prepared:
+    def probe(self, source: ImageSource) -> ImageInfo:
+        """The header's size and mode and the size decoding will allocate, without decoding.
+
+        Lets a caller budget memory before :meth:`__call__` (``info.decoded_pixels``).
+        """
+        if isinstance(source, (np.ndarray, torch.Tensor)):
+            return ImageInfo(
+                tuple(reversed(source.shape[-2:])), "array", None, tuple(reversed(source.shape[-2:]))
+            )
+        return probe_image(source, self.input_size, name=_message_name(source))
+
+    def __call__(self, source: ImageSource, name: str | None = None) -> Prepared:
         """Decode ``source`` and return the normalised model input.
 
         ``source`` is a path, encoded bytes, a PIL image, a numpy array ``[H, W(, C)]`` or a tensor
-        ``[C, H, W]`` (float in [0, 1] or uint8; un-normalised pixels, not a model input).
+        ``[C, H, W]`` (float in [0, 1] or uint8; un-normalised pixels, not a model input). ``name`` is how
+        error messages call it (default: the path, "the image bytes", "the PIL image"; the HTTP service
+        says "the uploaded image").
         """
-        name = _describe(source)
+        label = _describe(source)
+        name = name or _message_name(source)
         if isinstance(source, (np.ndarray, torch.Tensor)):
-            source = _as_pil(source)
-        size = check_pixels(source, self.max_pixels)
-        if isinstance(source, Image.Image):
-            original_mode = source.mode
-            buffer = io.BytesIO()
-            # Through load_image, so every mode is converted the same way; TIFF keeps CMYK, 16-bit and alpha.
-            try:
-                source.save(buffer, format="TIFF")
-            except (OSError, ValueError) as exc:
-                raise ImageDecodeError(f"cannot use a PIL image of mode {source.mode}: {exc}") from exc
-            image = load_image(buffer.getvalue(), mode=self.mode)
-        else:
-            original_mode = _peek_mode(source)
-            image = load_image(bytes(source) if isinstance(source, bytearray) else source, mode=self.mode)
-        tensor = self._transform(image)
-        return Prepared(tensor=tensor, source=name, original_size=size, original_mode=original_mode)
-
-
-def _peek_mode(source: str | Path | bytes | bytearray) -> str:
-    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-    try:
-        with Image.open(handle) as image:
-            return image.mode
-    except Exception:  # the real decode right after reports the error with the file's name
-        return "?"
+            source = _as_pil(source, name)
+        decoded = decode_image(
+            source,
+            self.mode,
+            size=self.input_size,
+            max_pixels=self.max_pixels,
+            name=name,
+            limit_hint=self.limit_hint,
+        )
+        tensor = self._transform(decoded.image)
+        return Prepared(
+            tensor=tensor,
+            source=label,
+            original_size=decoded.original_size,
+            original_mode=decoded.original_mode,
+        )

@@ -57,8 +57,15 @@ def test_pixel_limit_is_checked_from_the_header(tmp_path):
 
 def test_not_an_image_names_the_source():
     prep = Preprocessor((32, 32), mean=[0.5] * 3, std=[0.25] * 3)
-    with pytest.raises(ImageDecodeError, match="<bytes>"):
+    with pytest.raises(
+        ImageDecodeError, match=r"^cannot decode the image bytes: not a recognised image format"
+    ):
         prep(b"definitely not an image")
+    with pytest.raises(
+        ImageDecodeError, match=r"^cannot decode the uploaded image: not a recognised"
+    ) as caught:
+        prep(b"definitely not an image", name="the uploaded image")
+    assert "BytesIO" not in str(caught.value) and " at 0x" not in str(caught.value)
     buffer = io.BytesIO()
     Image.new("RGB", (10, 10)).save(buffer, format="PNG")
     with pytest.raises(ImageDecodeError):

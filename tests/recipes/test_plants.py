@@ -12,7 +12,7 @@ from PIL import Image
 from recipe_helpers import PLANT_CLASSES, plant_image
 
 from lit_explain.data import PlantDataModule
-from lit_explain.data.images import ImageDecodeError
+from lit_explain.data.images import ImageDecodeError, load_image
 from lit_explain.errors import DataError
 
 
@@ -101,7 +101,17 @@ def test_image_modes_and_exif(tmp_path: Path) -> None:
 
 
 def test_corrupt_image_error_and_skip(plants_flat: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A file that is no image at all: found from its header during setup, before any training.
     (plants_flat / "oak_999.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(
+        DataError,
+        match=r"^1 image\(s\) cannot be used: cannot decode image .*oak_999\.jpg: not a recognised image "
+        r"format .*--data\.skip_bad_images=true",
+    ):
+        _module(plants_flat, val_fraction=0.2, test_fraction=0.2).records()
+    # A JPEG cut short has a good header: it fails when read, with an error naming the file.
+    whole = (plants_flat / "oak_000.jpg").read_bytes()
+    (plants_flat / "oak_999.jpg").write_bytes(whole[:-200])  # header whole, scan cut short
     dm = _module(plants_flat, val_fraction=0.2, test_fraction=0.2, augment=False)
     bad = next(
         (s, i)
@@ -127,8 +137,9 @@ def test_bad_inputs(tmp_path: Path, plants_split_dirs: Path, plants_named_split_
     with pytest.raises(DataError, match=r"train/val/ but no test/"):
         _module(empty).setup("fit")
     (empty / "test").mkdir()
-    plant_image(empty / "train" / "oak_1.jpg", 0)
-    plant_image(empty / "test" / "oak_1.jpg", 0)
+    for split in ("train", "test"):
+        plant_image(empty / split / "oak_1.jpg", 0)
+        plant_image(empty / split / "fern_1.jpg", 2)
     with pytest.raises(DataError, match=r"the val split is empty: no images found in .*val"):
         _module(empty).setup("fit")
     # A class missing from a split.
@@ -156,3 +167,109 @@ def test_bad_inputs(tmp_path: Path, plants_split_dirs: Path, plants_named_split_
     plant_image(tiny / "fern_0.jpg", 2)
     with pytest.raises(DataError, match=r"class 'fern' would have no samples in the .* split"):
         _module(tiny, val_fraction=0.2, test_fraction=0.2).setup("fit")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_bombs_and_oversize_images_are_named_or_skipped(
+    plants_flat: Path, huge_png, caplog: pytest.LogCaptureFixture
+) -> None:
+    huge_png(20000, 20000, name="oak_bomb.png").replace(plants_flat / "oak_bomb.png")  # PIL's guard
+    huge_png(8000, 8000, name="fern_scan.png").replace(plants_flat / "fern_scan.png")  # our 50 MP limit
+    with pytest.raises(DataError) as caught:
+        _module(plants_flat, val_fraction=0.2, test_fraction=0.2).setup("fit")
+    message = str(caught.value)
+    assert message.startswith("2 image(s) cannot be used: "), message
+    assert "fern_scan.png has 8000x8000 = 64,000,000 pixels, more than the limit of 50,000,000" in message
+    assert "raise data.max_image_pixels" in message and "oak_bomb.png is too large to decode" in message
+    assert "--data.skip_bad_images=true" in message
+    with caplog.at_level(logging.WARNING):
+        skipping = _module(plants_flat, val_fraction=0.2, test_fraction=0.2, skip_bad_images=True)
+        kept = [r.path.name for s in ("train", "val", "test") for r in skipping.records()[s]]
+    assert len(kept) == 30 and sorted(p.name for p, _ in skipping.skipped) == [
+        "fern_scan.png",
+        "oak_bomb.png",
+    ]
+    assert "skipped 2 unreadable image(s) in all: " in caplog.text  # "all": the flat folder, before splitting
+    # A raised limit admits the 64 MP scan (decoded once, reduced right away); PIL's guard still refuses the bomb.
+    raised = _module(
+        plants_flat, val_fraction=0.2, test_fraction=0.2, skip_bad_images=True, max_image_pixels=70_000_000
+    )
+    raised.records()
+    assert [p.name for p, _ in raised.skipped] == ["oak_bomb.png"]
+
+
+def test_a_large_jpeg_in_a_plant_folder_is_decoded_small(plants_flat: Path, flat_jpeg) -> None:
+    flat_jpeg(4096, 4096, name="oak_big.jpg").replace(plants_flat / "oak_big.jpg")
+    dm = _module(plants_flat, val_fraction=0.2, test_fraction=0.2, augment=False)
+    split, i = next(
+        (s, i)
+        for s in ("train", "val", "test")
+        for i, r in enumerate(dm.records()[s])
+        if r.path.name == "oak_big.jpg"
+    )
+    dataset = dm.dataset(split)
+    assert dataset.load_kwargs["size"] == (32, 32)
+    # decoded at 1/8 (512 px), then reduce(8): 64 px, twice the 32 px input; never the full 4096 px
+    assert load_image(plants_flat / "oak_big.jpg", **dataset.load_kwargs).size == (64, 64)
+    sample = dataset[i]
+    torch.testing.assert_close(
+        sample["image"], (torch.full((3, 32, 32), 128 / 255) - dm_mean(dm)) / dm_std(dm), atol=1e-6, rtol=0
+    )
+
+
+def dm_mean(dm: PlantDataModule) -> torch.Tensor:
+    return torch.tensor(dm.mean)[:, None, None]
+
+
+def dm_std(dm: PlantDataModule) -> torch.Tensor:
+    return torch.tensor(dm.std)[:, None, None]
+
+
+def test_one_class_only_is_a_clear_error(tmp_path: Path) -> None:
+    for i in range(6):
+        plant_image(tmp_path / "flat" / f"oak_{i}.jpg", 0)
+        plant_image(tmp_path / "folders" / "oak" / f"{i}.jpg", 0)
+    for root in ("flat", "folders"):
+        with pytest.raises(
+            DataError,
+            match=r"holds images of one class only \(oak: 6 images\); a classifier needs at least two",
+        ):
+            _module(tmp_path / root).setup("fit")
+    with pytest.raises(
+        ValueError, match=r"data.class_names=\['oak'\]: a classifier needs at least two classes"
+    ):
+        _module(tmp_path / "flat", class_names=["oak"])
+
+
+def test_class_folders_are_read_recursively(tmp_path: Path) -> None:
+    # ImageFolder's rule: anything below a class folder belongs to that class; hidden folders are skipped.
+    for c, name in enumerate(PLANT_CLASSES):
+        for i in range(3):
+            plant_image(tmp_path / name / f"{i}.jpg", c)
+            plant_image(tmp_path / name / "2024" / "june" / f"{i}.png", c)
+        plant_image(tmp_path / name / ".thumbnails" / "x.jpg", c)
+    (tmp_path / "oak" / "loop").symlink_to(tmp_path / "oak")  # a symlink loop is walked once
+    dm = _module(tmp_path, val_fraction=0.2, test_fraction=0.2)
+    records = [r for s in ("train", "val", "test") for r in dm.records()[s]]
+    assert len(records) == 18 and dm.class_names == sorted(PLANT_CLASSES)
+    nested = [r for r in records if "june" in r.path.parts]
+    assert len(nested) == 9 and all(dm.class_names[r.label] == r.path.parts[-4] for r in nested)
+
+
+def test_images_in_subfolders_of_a_file_name_layout_are_reported(
+    plants_flat: Path, plants_split_dirs: Path
+) -> None:
+    for i in range(4):
+        plant_image(plants_flat / "extra" / f"oak_{i}.jpg", 0)
+    plant_image(plants_flat / "Fern" / "deep" / "fern_9.jpg", 2)
+    with pytest.raises(
+        DataError,
+        match=r"flat holds images named \{label\}_\{id\}.jpg and 5 more image\(s\) in subfolders "
+        r"\(Fern/deep/fern_9\.jpg, extra/oak_0\.jpg, extra/oak_1\.jpg, \.\.\.\), which this layout does not read",
+    ):
+        _module(plants_flat, val_fraction=0.2, test_fraction=0.2).records()
+    plant_image(plants_split_dirs / "val" / "old" / "0_100.jpg", 0)
+    with pytest.raises(
+        DataError, match=r"val holds images named .* and 1 more image\(s\) in subfolders \(old/0_100"
+    ):
+        _module(plants_split_dirs, class_names=list(PLANT_CLASSES)).records()
