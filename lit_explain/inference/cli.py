@@ -73,7 +73,12 @@ def add_model_arguments(parser: ArgumentParser) -> None:
         "--layer", type=str | None, default=None, help="layer to explain, e.g. layer4, features.29"
     )
     parser.add_argument("--method", type=str, default="gradcam", help=f"one of {', '.join(METHODS)}")
-    parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...",
+    )
     parser.add_argument(
         "--batch_size", type=int, default=16, help="rows (image x class) per forward/backward"
     )

@@ -18,11 +18,30 @@ from torch import Tensor
 
 from lit_explain.errors import ConfigError, LitExplainError
 from lit_explain.explain import METHODS, cam, guided_gradcam, resolve_layer
+from lit_explain.explain._state import eval_mode
 from lit_explain.inference.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Prepared, Preprocessor
 from lit_explain.models.loading import load_classifier
 from lit_explain.render import colorize, denormalize, guided_to_image, overlay, to_rgb
 
 Target = int | str | None
+DEFAULT_DEVICE = "auto"  # "cuda" when torch.cuda.is_available(), else "cpu": the rule of every command
+
+
+def resolve_device(device: str | torch.device | None = DEFAULT_DEVICE) -> torch.device:
+    """The device a command runs on: ``None`` or ``"auto"`` is CUDA when available, else the CPU.
+
+    Example:
+        >>> resolve_device("cpu"), resolve_device("auto").type in ("cuda", "cpu")
+        (device(type='cpu'), True)
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
+
+
 # Methods whose maps come with a Guided Grad-CAM picture (guided backprop needs gradients).
 GUIDED_METHODS = {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"}
 
@@ -157,6 +176,9 @@ class Explainer:
     One call at a time: the explain engine hooks the model during a call, so concurrent callers must
     serialise (the HTTP service funnels every request through one micro-batching worker).
 
+    The model is borrowed, not taken: every call (and the constructor's probe forward) runs it in eval mode
+    and gives each module back its own train/eval flag afterwards, so a model in training stays in training.
+
     Example:
         >>> explainer = Explainer.from_checkpoint("last.ckpt")                      # doctest: +SKIP
         >>> result = explainer.explain("leaf.jpg", target=None, top_k=3)          # doctest: +SKIP
@@ -178,7 +200,7 @@ class Explainer:
             raise ConfigError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.eval()
+        self.model = model
         self.net = getattr(model, "net", model)
         self.class_names: list[str] = list(getattr(model, "class_names", None) or [])
         self.preprocess = Preprocessor.for_model(model, max_pixels=max_pixels)
@@ -188,13 +210,15 @@ class Explainer:
         self.alpha = alpha
         self.device = next(self.net.parameters()).device
         probe = torch.zeros(1, self.preprocess.in_channels, *self.preprocess.input_size, device=self.device)
-        try:
-            self.layer_name, _ = resolve_layer(self.net, layer, probe)
-        except (ValueError, KeyError, LookupError) as exc:
-            raise ConfigError(f"--layer {layer!r}: {exc}") from exc
-        if not self.class_names:
-            with torch.no_grad():
-                self.class_names = [str(i) for i in range(self.net(probe).shape[1])]
+        # Probe forwards in eval mode: in training mode they would update the caller's BatchNorm statistics.
+        with eval_mode(self.model):
+            try:
+                self.layer_name, _ = resolve_layer(self.net, layer, probe)
+            except (ValueError, KeyError, LookupError) as exc:
+                raise ConfigError(f"--layer {layer!r}: {exc}") from exc
+            if not self.class_names:
+                with torch.no_grad():
+                    self.class_names = [str(i) for i in range(self.net(probe).shape[1])]
         self._index = {name: i for i, name in enumerate(self.class_names)}
 
     # -- construction ------------------------------------------------------------------------------
@@ -204,11 +228,16 @@ class Explainer:
         path: str | Path,
         backbone: str | None = None,
         class_names: Sequence[str] | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = DEFAULT_DEVICE,
         **kwargs: Any,
     ) -> Explainer:
-        """From a lit_explain ``.ckpt``, a plain state-dict file (+ ``backbone``) or ``"torchvision:NAME"``."""
-        model = load_classifier(path, backbone=backbone, class_names=class_names, map_location=device)
+        """From a lit_explain ``.ckpt``, a plain state-dict file (+ ``backbone``) or ``"torchvision:NAME"``.
+
+        ``device``: ``"auto"`` (default) or None is CUDA when available, else the CPU (:func:`resolve_device`).
+        """
+        model = load_classifier(
+            path, backbone=backbone, class_names=class_names, map_location=resolve_device(device)
+        )
         return cls(model, **kwargs)
 
     @classmethod
@@ -289,20 +318,18 @@ class Explainer:
             _Job(p, None if t is None else self.class_index(t), min(k, len(self.class_names)))
             for p, t, k in zip(prepared, targets, ks, strict=True)
         ]
-        results: list[Explanation] = []
         # Chunk by rows (image x class) so a folder of top-5 requests stays within one batch's memory.
-        chunk: list[_Job] = []
+        chunks: list[list[_Job]] = [[]]
         rows = 0
         for job in jobs:
             need = job.top_k + (job.target is not None)
-            if chunk and rows + need > self.batch_size:
-                results.extend(self._run(chunk))
-                chunk, rows = [], 0
-            chunk.append(job)
+            if chunks[-1] and rows + need > self.batch_size:
+                chunks.append([])
+                rows = 0
+            chunks[-1].append(job)
             rows += need
-        if chunk:
-            results.extend(self._run(chunk))
-        return results
+        with eval_mode(self.model):  # every flag back as it was, even when a call fails
+            return [result for chunk in chunks if chunk for result in self._run(chunk)]
 
     def _run(self, jobs: list[_Job]) -> list[Explanation]:
         start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -120,13 +121,48 @@ def test_torchvision_name_with_features_layer(torch_home, odd_images):
     assert r.primary.map.shape == (1, 224, 224)
 
 
-def test_explainer_runs_on_the_models_device(quick_ckpt, odd_images):
+def _flags(model: torch.nn.Module) -> dict[str, bool]:
+    return {name: module.training for name, module in model.named_modules()}
+
+
+def test_explainer_borrows_the_model_and_gives_its_modes_back(quick_ckpt, odd_images, monkeypatch):
     model = load_classifier(quick_ckpt)
-    e = Explainer(model)
+    reference = Explainer(copy.deepcopy(model).eval()).explain(odd_images["rgb.jpg"], top_k=2)
+    model.train()
+    model.net.layer1.eval()  # partly frozen: each module's own flag must come back, not one model.train()
+    flags = _flags(model)
+    assert flags[""] and not flags["net.layer1"] and flags["net.layer2.0.bn1"]
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm running stats included
+    e = Explainer(model)  # its probe forward must not switch modes or touch BatchNorm statistics
     assert e.device == next(model.parameters()).device
-    was_training = model.training
-    e.explain(odd_images["rgb.jpg"], top_k=2)
-    assert model.training == was_training and all(p.grad is None for p in model.parameters())
+    assert _flags(model) == flags
+    result = e.explain(odd_images["rgb.jpg"], top_k=2)
+    assert _flags(model) == flags and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    # ... and the maps were made in eval mode all the same: equal to those of an explainer of an eval copy
+    for ours, theirs in zip(result.explained, reference.explained, strict=True):
+        assert ours.class_index == theirs.class_index
+        torch.testing.assert_close(ours.map, theirs.map)
+    # A call that fails half-way gives the flags back too.
+    monkeypatch.setattr(e, "_run", lambda jobs: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        e.explain(odd_images["rgb.jpg"])
+    assert _flags(model) == flags
+
+
+def test_device_is_cuda_when_available_else_cpu(quick_ckpt, monkeypatch):
+    from lit_explain.inference.cli import build_parser
+    from lit_explain.inference.explainer import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device("cuda:1") == torch.device("cuda:1")
+    for available, expected in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        assert resolve_device() == resolve_device(None) == resolve_device("auto") == torch.device(expected)
+    with pytest.raises(ValueError, match=r"--device 'gpu0' is not a device; use auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu0")
+    # from_checkpoint and the explain command default to that rule (CPU here: CUDA reported absent).
+    assert Explainer.from_checkpoint(quick_ckpt).device == torch.device("cpu")
+    assert build_parser().parse_args(["--ckpt_path", "x.ckpt", "--image", "a.jpg"]).device == "auto"
 
 
 def test_vgg_features_layer_like_the_vgg16_example(odd_images):
