@@ -8,17 +8,30 @@ Further subcommands (audit, explain, serve, export) register in :data:`EXTRA_COM
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_explain.data.base import ExplainableDataModule
-from lit_explain.errors import LitExplainError
+from lit_explain.errors import ConfigError, LitExplainError
+from lit_explain.models.checkpoint_io import CheckpointError, SafeCheckpointIO, local_path
 from lit_explain.models.classifier import ImageClassifier
+from lit_explain.runs import (
+    BatchTracker,
+    RunFolderGuard,
+    continue_run_folder,
+    logging_step,
+    newest_last_checkpoint,
+)
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # Loaded lazily, so `fit` never imports the web server and a broken optional command cannot break training.
@@ -29,6 +42,7 @@ EXTRA_COMMANDS: dict[str, str] = {
     "serve": "lit_explain.serve.cli:main",
 }
 DEFAULT_RECIPE = "shapes_demo.yaml"
+PROG = "python -m lit_explain"
 
 
 def recipe_path(name: str = DEFAULT_RECIPE) -> Path:
@@ -40,26 +54,159 @@ class LitExplainCLI(LightningCLI):
     """LightningCLI over :class:`ImageClassifier` and any :class:`ExplainableDataModule`.
 
     The model's optimizer and schedule are plain YAML keys (``model.optimizer``, ``model.scheduler``), so
-    LightningCLI's automatic ``--optimizer`` arguments are turned off.
+    LightningCLI's automatic ``--optimizer`` arguments are turned off. On top of LightningCLI:
+
+    * ``--ckpt_path`` (a path, ``file://`` or ``http(s)://`` URL, or ``last``) is read once with
+      ``weights_only=True`` and checked before any run folder exists; the trainer's own loads go through
+      :class:`SafeCheckpointIO` as well. ``last`` is the newest ``last.ckpt`` in the logger's run folders.
+    * ``fit --ckpt_path`` continues the checkpoint's own TensorBoard run folder (no step logged twice).
+    * A logger ``save_dir`` left out of the config follows ``trainer.default_root_dir``.
+    * A run that fails before its first batch leaves no run folder behind.
 
     Example:
         >>> LitExplainCLI(args=["fit", "--config", "configs/shapes_demo.yaml", "--trainer.max_epochs=1"])
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("model_class", ImageClassifier)
         kwargs.setdefault("datamodule_class", ExplainableDataModule)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault(
-            "parser_kwargs", {"description": "lit_explain: train and explain image classifiers"}
+            "parser_kwargs", {"prog": PROG, "description": "lit_explain: train and explain image classifiers"}
         )
+        self.checkpoint_io = SafeCheckpointIO()
+        self.batch_tracker = BatchTracker()
+        self._resume: tuple[Path, int] | None = None
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if isinstance(args, (dict, Namespace)):
+            super().parse_arguments(parser, args)
+            return
+        # Validated only once a logger save_dir left out of the config has followed default_root_dir.
+        self.config = parser.parse_args(args, _skip_validation=True)
+        subcommand = self.config.get("subcommand")
+        follow_default_root_dir((self.config[subcommand] if subcommand else self.config).trainer)
+        try:
+            parser.validate(self.config)
+        except (TypeError, KeyError) as exc:
+            parser.error(str(exc), exc)
+
+    def _parse_ckpt_path(self) -> None:
+        """Read ``--ckpt_path`` safely and early (replaces LightningCLI's, which skips URLs and ``last``)."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if config.get("weights_only") is False:
+            raise ConfigError(
+                "--weights_only false is not supported: lit_explain never runs code from a checkpoint"
+            )
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("hpc", "registry") or str(ckpt_path).startswith("registry:"):
+            return  # Lightning resolves these; its loads still go through SafeCheckpointIO
+        if ckpt_path == "best":
+            raise CheckpointError(
+                "--ckpt_path best names the best checkpoint of a fit in the same process; pass the path of "
+                "a best-*.ckpt file, or `last` for the newest last.ckpt"
+            )
+        if ckpt_path == "last":
+            ckpt_path = resolve_last(config.trainer)
+        checkpoint = self.checkpoint_io.preload(ckpt_path, resume=subcommand == "fit")
+        config.ckpt_path = str(ckpt_path)
+        path = local_path(ckpt_path)
+        if subcommand == "fit" and path is not None:
+            self._resume = (path, logging_step(checkpoint))
+        self._apply_checkpoint_hparams(subcommand, checkpoint)
+
+    def _apply_checkpoint_hparams(self, subcommand: str, checkpoint: dict[str, Any]) -> None:
+        # As LightningCLI does: the model is built with the hyperparameters the checkpoint was trained with.
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        current = trainer.strategy.checkpoint_io
+        if type(current) is not TorchCheckpointIO:
+            raise ConfigError(
+                f"lit_explain reads checkpoints with its own weights_only loader; remove the "
+                f"{type(current).__name__} plugin from trainer.plugins"
+            )
+        trainer.strategy.checkpoint_io = self.checkpoint_io
+        trainer.callbacks.append(self.batch_tracker)
+        return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand == "fit" and self._resume is not None:
+            continue_run_folder(self.trainer, *self._resume)
+        guard = RunFolderGuard(self.trainer, self.batch_tracker)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            guard.remove_unused()
+            raise
 
     def after_fit(self) -> None:
         metrics = self.trainer.callback_metrics
         if self.trainer.is_global_zero and "val/acc" in metrics:
             print(f"final validation accuracy: {float(metrics['val/acc']):.4f}")
+
+
+def _loggers(trainer: Namespace) -> list[Any]:
+    logger = trainer.get("logger")
+    return list(logger) if isinstance(logger, list) else [logger]
+
+
+def follow_default_root_dir(trainer: Namespace) -> None:
+    """Give loggers configured without a ``save_dir`` the trainer's ``default_root_dir`` (else the cwd)."""
+    root = str(trainer.get("default_root_dir") or os.getcwd())
+    for logger in _loggers(trainer):
+        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if init_args is not None and "save_dir" in init_args and init_args.save_dir is None:
+            init_args.save_dir = root
+
+
+def checkpoint_roots(trainer: Namespace) -> list[Path]:
+    """Folders whose run folders hold this configuration's checkpoints (as Lightning places them)."""
+    root = Path(trainer.get("default_root_dir") or os.getcwd())
+    roots = []
+    for callback in trainer.get("callbacks") or []:
+        init_args = callback.get("init_args") if isinstance(callback, Namespace) else None
+        if init_args is not None and init_args.get("dirpath"):
+            roots.append(Path(init_args.dirpath))
+    first = _loggers(trainer)[0]
+    if first is None or first is True:  # Lightning's default logger
+        roots.append(root / "lightning_logs")
+    elif first is False:
+        roots.append(root)
+    elif isinstance(first, Namespace):
+        init_args = first.get("init_args") or Namespace()
+        save_dir = Path(init_args.get("save_dir") or root)
+        roots.append(save_dir / str(init_args.name) if init_args.get("name") else save_dir)
+    return roots
+
+
+def resolve_last(trainer: Namespace) -> Path:
+    """``--ckpt_path last``: the newest last.ckpt in this configuration's run folders, or a clear error."""
+    roots = checkpoint_roots(trainer)
+    found = newest_last_checkpoint(roots)
+    if found is None:
+        where = ", ".join(str(r) for r in roots)
+        raise CheckpointError(
+            f"--ckpt_path last: no last.ckpt in the run folders under {where}; train first with "
+            "`python -m lit_explain fit` (same --config and --trainer.default_root_dir) or pass a checkpoint path"
+        )
+    return found
 
 
 def _has_config(argv: Sequence[str]) -> bool:

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from lit_explain.errors import LitExplainError
+from lit_explain.models.checkpoint_io import CheckpointError, read_checkpoint
 from lit_explain.models.classifier import ImageClassifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,26 +32,6 @@ PLAIN_INPUT_SIZE = (224, 224)
 TORCHVISION_PREFIX = "torchvision:"
 # Prefixes a state dict picks up when saved from a wrapper (DataParallel, torch.compile, a LightningModule).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.", "model.")
-
-
-class CheckpointError(LitExplainError, ValueError):
-    """The file is missing, unreadable, or not a checkpoint lit_explain can rebuild a model from."""
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True`` (no arbitrary code runs), with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{str(path)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:300]})"
-        ) from exc
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{str(path)!r} holds a {type(checkpoint).__name__}, not a checkpoint dict")
-    return checkpoint
 
 
 def is_lightning_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
@@ -275,7 +255,9 @@ def _from_torchvision(
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
     try:
         # torchvision reads the cached file when present (the hash is only verified on download).
-        state = weights.get_state_dict(progress=False, check_hash=True, map_location=map_location)
+        state = weights.get_state_dict(
+            progress=False, check_hash=True, map_location=map_location, weights_only=True
+        )
     except Exception as exc:  # URLError offline, a truncated cache file, ...
         raise CheckpointError(
             f"cannot load {name} weights {weights.name}: expected the file {cached} (downloaded from "
