@@ -3,16 +3,20 @@
 Requests wait in an asyncio queue; a single worker takes the first one, collects more for up to
 ``max_wait_ms`` or until ``max_batch`` items, runs the batch function once in a worker thread (the model is
 never used by two threads at once) and resolves each request's future with its own result or exception.
+A batch that fails as a whole is re-run one request at a time, so one bad request cannot fail the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -26,6 +30,7 @@ class BatchStats:
     items: int = 0
     largest: int = 0
     busy_s: float = 0.0
+    isolated: int = 0  # batches that failed as a whole and were re-run one item at a time
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -34,6 +39,7 @@ class BatchStats:
             "mean_batch": round(self.items / self.batches, 3) if self.batches else 0.0,
             "largest_batch": self.largest,
             "busy_s": round(self.busy_s, 3),
+            "isolated_failures": self.isolated,
         }
 
 
@@ -41,8 +47,10 @@ class MicroBatcher(Generic[Item, Result]):
     """Collect concurrent ``submit`` calls into batches for ``run_batch(items) -> results``.
 
     ``run_batch`` returns one result per item, or an ``Exception`` instance for an item that failed on
-    its own (it is raised to that request only). If ``run_batch`` itself raises, every item of the batch
-    gets that exception. Start it inside the running event loop (``start``), stop it with ``stop``.
+    its own (it is raised to that request only). If ``run_batch`` itself raises for a batch of several
+    items, each item is run again alone, so a request that poisons the batch fails alone and the others
+    are answered (``run_batch`` must therefore be safe to call again after it raised). Start it inside
+    the running event loop (``start``), stop it with ``stop``.
 
     Args:
         run_batch: blocking function over a list of items, run in a worker thread.
@@ -130,6 +138,34 @@ class MicroBatcher(Generic[Item, Result]):
                 break
         return batch
 
+    async def _run(self, items: list[Item]) -> Sequence[Result | Exception]:
+        results = await asyncio.to_thread(self.run_batch, items)
+        if len(results) != len(items):
+            raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+        return results
+
+    async def _run_isolated(self, items: list[Item]) -> list[Result | Exception]:
+        """Run ``items`` as one batch; if the whole batch fails, run each alone so one bad item fails alone."""
+        try:
+            return list(await self._run(items))
+        except Exception as exc:
+            if len(items) == 1:
+                return [exc]
+            logger.warning(
+                "a batch of %d failed (%s); running its requests one by one",
+                len(items),
+                type(exc).__name__,
+                exc_info=exc,
+            )
+        self.stats.isolated += 1
+        results: list[Result | Exception] = []
+        for item in items:
+            try:
+                results.extend(await self._run([item]))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
     async def _loop(self) -> None:
         while True:
             batch = await self._collect()
@@ -137,12 +173,7 @@ class MicroBatcher(Generic[Item, Result]):
             if not live:
                 continue
             start = time.perf_counter()
-            try:
-                results: Sequence[Any] = await asyncio.to_thread(self.run_batch, [item for item, _ in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} items")
-            except Exception as exc:
-                results = [exc] * len(live)
+            results = await self._run_isolated([item for item, _ in live])
             self.stats.batches += 1
             self.stats.items += len(live)
             self.stats.largest = max(self.stats.largest, len(live))

@@ -8,14 +8,20 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
+from typing import Any
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
 
 from lit_explain.errors import ConfigError, LitExplainError
 from lit_explain.inference.cli import add_model_arguments, explainer_from_args
-from lit_explain.serve.app import DEFAULT_MAX_BYTES, ServeSettings, create_app, warm_up
+from lit_explain.serve.app import create_app, warm_up
+from lit_explain.serve.decoding import DEFAULT_DECODE_BUDGET
+from lit_explain.serve.service import DEFAULT_MAX_BYTES, ServeSettings
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def build_parser() -> ArgumentParser:
@@ -23,11 +29,17 @@ def build_parser() -> ArgumentParser:
         prog="python -m lit_explain serve",
         description="Serve predictions with Grad-CAM explanations over HTTP (and a web page at /).",
     )
-    add_model_arguments(parser)
+    add_model_arguments(parser)  # --device auto: cuda when available, else cpu, as in every command
     parser.add_argument("--host", type=str, default="127.0.0.1", help="address to bind (0.0.0.0 exposes it)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one)")
     parser.add_argument(
         "--max_bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest request body in bytes"
+    )
+    parser.add_argument(
+        "--decode_budget",
+        type=int,
+        default=DEFAULT_DECODE_BUDGET,
+        help="pixels decoded at once across all requests, others wait (3-4 bytes of memory per RGB pixel)",
     )
     parser.add_argument(
         "--max_batch", type=int, default=8, help="requests per batched forward/backward (1: off)"
@@ -39,18 +51,46 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--log_dir", type=str, default="low_confidence", help="folder for low-confidence records"
     )
-    parser.add_argument("--log_level", type=str, default="info", help="uvicorn log level")
+    parser.add_argument(
+        "--log_level",
+        type=str,
+        default="info",
+        help=f"log level of uvicorn and lit_explain: {', '.join(LOG_LEVELS)}",
+    )
     return parser
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus the ``lit_explain`` loggers on its ``default`` (stderr) handler."""
+    from uvicorn.config import LOG_LEVELS as UVICORN_LEVELS
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["lit_explain"] = {
+        "handlers": ["default"],
+        "level": UVICORN_LEVELS[level],
+        "propagate": False,
+    }
+    return config
+
+
+def _check(cfg: Namespace) -> None:
+    if cfg.log_below is not None and not 0.0 < cfg.log_below <= 1.0:
+        raise ConfigError(f"--log_below must be a confidence in (0, 1], got {cfg.log_below}")
+    if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.max_bytes < 1 or cfg.decode_budget < 1:
+        raise ConfigError(
+            "--max_batch, --max_bytes and --decode_budget must be >= 1 and --max_wait_ms >= 0, got "
+            f"{cfg.max_batch}, {cfg.max_bytes}, {cfg.decode_budget} and {cfg.max_wait_ms}"
+        )
+    if cfg.log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log_level {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Load the model, warm it up and serve until interrupted; returns the exit code."""
     cfg = build_parser().parse_args(argv)
     try:
-        if cfg.log_below is not None and not 0.0 < cfg.log_below <= 1.0:
-            raise ConfigError(f"--log_below must be a confidence in (0, 1], got {cfg.log_below}")
-        if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.max_bytes < 1:
-            raise ConfigError("--max_batch and --max_bytes must be >= 1 and --max_wait_ms >= 0")
+        _check(cfg)
         # Rows per forward = requests per batch: the service explains one class per request.
         cfg.batch_size = max(cfg.batch_size, cfg.max_batch)
         explainer = explainer_from_args(cfg, guided=False)
@@ -59,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             max_bytes=cfg.max_bytes,
             max_batch=cfg.max_batch,
             max_wait_ms=cfg.max_wait_ms,
+            decode_budget=cfg.decode_budget,
             log_below=cfg.log_below,
             log_dir=Path(cfg.log_dir),
         )
@@ -68,5 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    uvicorn.run(
+        app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, log_config=logging_config(cfg.log_level)
+    )
     return 0

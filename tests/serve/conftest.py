@@ -34,9 +34,13 @@ def serve_explainer(serve_ckpt: Path) -> Explainer:
 
 @pytest.fixture(scope="session")
 def live_server(serve_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """A real server in a subprocess on a free loopback port, with a small body limit and low-confidence log."""
+    """A real server in a subprocess on a free loopback port, with a small body limit and low-confidence log.
+
+    Its output (uvicorn's and lit_explain's log at level info) goes to the file ``server_log``.
+    """
     port = free_port()
     log_dir = tmp_path_factory.mktemp("lowconf")
+    server_log = tmp_path_factory.mktemp("server") / "server.log"
     proc = start_server(
         serve_ckpt,
         port,
@@ -48,8 +52,10 @@ def live_server(serve_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "1.0",
         "--log_dir",
         str(log_dir),
+        log_level="info",
+        log=server_log,
     )
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "log_dir": log_dir}
+        yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "log_dir": log_dir, "server_log": server_log}
     finally:
         stop_server(proc)

@@ -35,9 +35,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(ckpt: Path, port: int, *extra: str, timeout: float = 180.0) -> subprocess.Popen:
-    """``python -m lit_explain serve`` on loopback; returns once /health answers (or raises with its log)."""
+def start_server(
+    ckpt: Path,
+    port: int,
+    *extra: str,
+    timeout: float = 180.0,
+    log_level: str = "warning",
+    log: Path | None = None,
+) -> subprocess.Popen:
+    """``python -m lit_explain serve`` on loopback; returns once /health answers (or raises with its log).
+
+    ``log``: a file that receives the server's output while it runs (default: a pipe read at the end).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    output = subprocess.PIPE if log is None else log.open("w")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -49,18 +60,21 @@ def start_server(ckpt: Path, port: int, *extra: str, timeout: float = 180.0) -> 
             "--port",
             str(port),
             "--log_level",
-            "warning",
+            log_level,
             *extra,
         ],
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
+    if log is not None:
+        output.close()  # the server holds its own copy
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+            text = proc.stdout.read() if log is None else log.read_text()
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{text}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return proc

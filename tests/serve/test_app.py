@@ -22,9 +22,10 @@ def client(serve_explainer, tmp_path_factory):
     settings = ServeSettings(
         max_bytes=200_000, max_batch=4, max_wait_ms=30, log_below=0.5, log_dir=tmp_path_factory.mktemp("log")
     )
-    serve_explainer.preprocess.max_pixels = 500_000
-    with TestClient(create_app(serve_explainer, settings)) as c:
-        yield c
+    with pytest.MonkeyPatch.context() as patch:  # the explainer is shared by the whole session
+        patch.setattr(serve_explainer.preprocess, "max_pixels", 500_000)
+        with TestClient(create_app(serve_explainer, settings)) as c:
+            yield c
 
 
 def blank_png(width: int, height: int) -> bytes:
@@ -62,13 +63,31 @@ def test_data_url_and_top_k(client):
     assert len(body["top_k"]) == 2 and body["class_rank"] == 1
 
 
-def test_analyze_class(client):
-    r = client.post("/analyze_class", json={"image": b64(png_bytes(seed=3)), "class_name": "Star"})
+def independent_probabilities(explainer, image: bytes) -> torch.Tensor:
+    """Softmax of one plain forward of the model, outside the explain path the service uses."""
+    x = explainer.preprocess(image).tensor[None]
+    model, was_training = explainer.model, explainer.model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x).softmax(dim=1)[0]
+    finally:
+        model.train(was_training)
+
+
+def test_analyze_class(client, serve_explainer):
+    image = png_bytes(seed=3)
+    r = client.post("/analyze_class", json={"image": b64(image), "class_name": "Star"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["class_name"] == "star" and 1 <= body["class_rank"] <= 6
-    probs = {t["class_name"]: t["probability"] for t in body["top_k"]}
-    assert body["class_probability"] == pytest.approx(probs.get("star", body["class_probability"]))
+    probs = independent_probabilities(serve_explainer, image)
+    star = serve_explainer.class_names.index("star")
+    assert body["class_name"] == "star"
+    assert body["class_probability"] == pytest.approx(probs[star].item(), abs=1e-5)
+    assert body["class_rank"] == int((probs > probs[star]).sum()) + 1
+    ranked = probs.argsort(descending=True)[:5].tolist()
+    assert [t["class_name"] for t in body["top_k"]] == [serve_explainer.class_names[i] for i in ranked]
+    assert [t["probability"] for t in body["top_k"]] == pytest.approx(probs[ranked].tolist(), abs=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -90,12 +109,17 @@ def test_analyze_class(client):
             "not a readable image",
         ),
         ("/predict_with_gradcam", json.dumps({"image": b64(png_bytes()), "top_k": 0}).encode(), 422, "top_k"),
-        ("/predict_with_gradcam", json.dumps({"image": b64(png_bytes((1000, 1000)))}).encode(), 413, "limit"),
+        (
+            "/predict_with_gradcam",
+            json.dumps({"image": b64(png_bytes((1000, 1000)))}).encode(),
+            413,
+            "exceeds the limit of 200,000 bytes",
+        ),
         (
             "/predict_with_gradcam",
             json.dumps({"image": b64(blank_png(900, 900))}).encode(),
             413,
-            "810,000 pixels",
+            "900x900 = 810,000 pixels, more than the limit of 500,000",
         ),
         ("/analyze_class", json.dumps({"image": b64(png_bytes())}).encode(), 422, "class_name"),
         (
@@ -110,6 +134,7 @@ def test_bad_input_gives_json_4xx_and_service_keeps_serving(client, path, conten
     r = client.post(path, content=content, headers={"Content-Type": "application/json"})
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
+    assert r.json()["request_id"] == r.headers["X-Request-ID"]
     assert client.post("/predict_with_gradcam", json={"image": b64(png_bytes())}).status_code == 200
 
 
@@ -120,23 +145,28 @@ def test_unknown_class_lists_valid_names(client):
 
 
 def test_oversized_body_rejected_from_content_length_and_while_streaming(client):
+    # Only the declared length is too large (the 10 bytes sent are not even JSON): the header check answers.
     declared = client.post(
         "/predict_with_gradcam",
         content=b"x" * 10,
         headers={"Content-Type": "application/json", "Content-Length": "999999999"},
     )
-    assert declared.status_code in (400, 413)
+    assert declared.status_code == 413, declared.text
+    assert declared.json()["error"] == "request body of 999,999,999 bytes exceeds the limit of 200,000 bytes"
 
     def chunks():  # chunked transfer: no Content-Length to check up front
         for _ in range(50):
             yield b"x" * 10_000
 
     streamed = client.post("/predict_with_gradcam", content=chunks())
-    assert streamed.status_code == 413 and "limit" in streamed.json()["error"]
+    assert streamed.status_code == 413, streamed.text
+    assert streamed.json()["error"] == "request body exceeds the limit of 200,000 bytes"
 
 
 def test_unknown_route_and_health(client):
-    assert client.get("/nope").json() == {"error": "Not Found"}
+    missing = client.get("/nope")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "Not Found", "request_id": missing.headers["X-Request-ID"]}
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["num_classes"] == 6 and health["input_size"] == [64, 64]
     assert client.get("/classes").json()["class_names"][0] == "circle"

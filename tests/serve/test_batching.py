@@ -81,3 +81,28 @@ def test_invalid_settings():
         MicroBatcher(lambda xs: xs, max_batch=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
         MicroBatcher(lambda xs: xs, max_wait_ms=-1)
+
+
+def test_one_poisoned_item_in_a_batch_of_8_fails_alone():
+    calls: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if 13 in items:
+            raise RuntimeError("poisoned batch")
+        return [x * 10 for x in items]
+
+    items = [1, 2, 3, 13, 5, 6, 7, 8]
+
+    async def scenario() -> tuple[list[object], object]:
+        batcher = MicroBatcher(run, max_batch=8, max_wait_ms=1000)
+        results = await asyncio.gather(*(batcher.submit(i) for i in items), return_exceptions=True)
+        await batcher.stop()
+        return results, batcher.stats
+
+    results, stats = asyncio.run(scenario())
+    assert calls[0] == items  # one batch of 8 ...
+    assert calls[1:] == [[i] for i in items]  # ... that failed, so each item ran alone
+    assert [r for r in results if not isinstance(r, Exception)] == [10, 20, 30, 50, 60, 70, 80]
+    assert isinstance(results[3], RuntimeError) and str(results[3]) == "poisoned batch"
+    assert (stats.batches, stats.items, stats.isolated) == (1, 8, 1)

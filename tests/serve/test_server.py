@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -92,3 +93,51 @@ def test_startup_errors_are_reported(serve_ckpt, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert serve_main(["--ckpt_path", str(serve_ckpt), "--layer", "layer9"]) == 2
     assert "layer9" in capsys.readouterr().err
+
+
+def test_failures_are_logged_through_uvicorn_with_the_request_id(live_server):
+    r = httpx.post(f"{live_server['url']}/predict_with_gradcam", json={"image": "@@@"}, timeout=60)
+    rid = r.json()["request_id"]
+    assert r.status_code == 400 and r.headers["x-request-id"] == rid
+    expected = (
+        f"INFO:     request {rid}: POST /predict_with_gradcam -> 400: field 'image' is not valid base64"
+    )
+    deadline = time.monotonic() + 10
+    while expected not in live_server["server_log"].read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the server writes its log line right after answering
+    assert expected in live_server["server_log"].read_text()
+
+
+def test_device_defaults_to_cuda_when_available(serve_ckpt, monkeypatch, capsys):
+    import torch
+
+    from lit_explain.errors import ConfigError
+    from lit_explain.inference.explainer import resolve_device
+    from lit_explain.serve import cli
+
+    assert "auto (cuda when available, else cpu)" in " ".join(cli.build_parser().format_help().split())
+    seen: list[torch.device] = []
+
+    def stop_after_parsing(cfg, guided):
+        seen.append(resolve_device(cfg.device))  # what Explainer.from_checkpoint will load onto
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(cli, "explainer_from_args", stop_after_parsing)
+    for available, argv, device in [
+        (True, [], "cuda"),
+        (False, [], "cpu"),
+        (True, ["--device", "cpu"], "cpu"),
+    ]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        assert cli.main(["--ckpt_path", str(serve_ckpt), *argv]) == 2
+        assert seen[-1].type == device
+    assert "error: stop here" in capsys.readouterr().err
+
+
+def test_serve_options_are_checked(serve_ckpt, capsys):
+    from lit_explain.serve.cli import main as serve_main
+
+    assert serve_main(["--ckpt_path", str(serve_ckpt), "--decode_budget", "0"]) == 2
+    assert "--decode_budget must be >= 1" in capsys.readouterr().err
+    assert serve_main(["--ckpt_path", str(serve_ckpt), "--log_level", "loud"]) == 2
+    assert "--log_level 'loud' is not one of" in capsys.readouterr().err

@@ -1,0 +1,197 @@
+"""Decoding request images under one memory budget shared by every request of the service.
+
+Each request's image size is read from its header first (no pixels decoded; a JPEG counts at the reduced
+scale it will be decoded at); the request then reserves that many pixels from a :class:`PixelBudget` before decoding and gives them back once the image has been
+turned into the model's small input tensor. So however many large images arrive at once, the pixels being
+decoded at any moment never exceed the budget, and the memory for decoding stays bounded: about 3-4 bytes
+per budgeted pixel for 8-bit RGB(A), as the preprocessor shrinks each image right after decoding it
+(measured in docs/benchmarks.md).
+After a large decode the freed memory is handed back to the operating system (``malloc_trim`` on glibc),
+so the service does not keep the peak's resident size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import ctypes.util
+import struct
+from collections.abc import AsyncIterator, Callable
+from functools import lru_cache
+from typing import TypeVar
+
+from PIL import Image
+
+from lit_explain.data.images import ImageDecodeError
+from lit_explain.inference.preprocess import ImageTooLargeError, Prepared, Preprocessor
+from lit_explain.serve.errors import ApiError, logger
+
+T = TypeVar("T")
+
+DEFAULT_DECODE_BUDGET = 100_000_000  # pixels decoded at once: two 50-megapixel images, ~0.3-0.4 GB for RGB
+TRIM_AFTER_PIXELS = 4_000_000  # return freed memory to the OS after decoding an image this large
+
+# What PIL's parsers raise on malformed input (besides the errors lit_explain already names).
+_MALFORMED = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    RecursionError,
+    Image.DecompressionBombError,
+)
+
+
+class PixelBudget:
+    """A first-come-first-served counting semaphore over pixels, for one event loop.
+
+    ``async with budget.reserve(n)`` waits until ``n`` more pixels fit, holds them inside the block and
+    returns them on exit (also on errors and cancellation). A request larger than the whole budget waits
+    until nothing else holds any, then runs alone. Waiters are served in arrival order, so a stream of
+    small images cannot starve a large one. ``peak`` is the most pixels ever held at once.
+
+    Args:
+        capacity: pixels that may be held at once (>= 1).
+
+    Example:
+        >>> budget = PixelBudget(100_000_000)
+        >>> async def decode(raw, pixels):
+        ...     async with budget.reserve(pixels):
+        ...         return await asyncio.to_thread(preprocess, raw)  # doctest: +SKIP
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"the pixel budget must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.in_use = 0
+        self.peak = 0
+        self.waited = 0  # reservations that had to wait
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def _grant(self, pixels: int) -> None:
+        self.in_use += pixels
+        self.peak = max(self.peak, self.in_use)
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_use + self._waiters[0][0] <= self.capacity:
+            pixels, future = self._waiters.popleft()
+            if not future.done():  # skip waiters that were cancelled meanwhile
+                self._grant(pixels)
+                future.set_result(None)
+
+    def _release(self, pixels: int) -> None:
+        self.in_use -= pixels
+        self._wake()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, pixels: int) -> AsyncIterator[None]:
+        """Hold ``pixels`` (at least 1, at most the whole budget) for the duration of the block."""
+        need = min(max(int(pixels), 1), self.capacity)
+        if not self._waiters and self.in_use + need <= self.capacity:
+            self._grant(need)
+        else:
+            self.waited += 1
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (need, future)
+            self._waiters.append(entry)
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    self._release(need)  # granted just as the request was cancelled
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(entry)
+                    self._wake()  # a cancelled head may have been blocking smaller requests
+                raise
+        try:
+            yield
+        finally:
+            self._release(need)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"capacity": self.capacity, "in_use": self.in_use, "peak": self.peak, "waited": self.waited}
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_memory() -> bool:
+    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``); False where there is none.
+
+    Large decodes free hundreds of megabytes in many malloc arenas (one per thread); without this glibc
+    keeps them mapped and the process's resident size stays at its peak.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+class ImageDecoder:
+    """Bytes -> :class:`Prepared` model input for the service: size checked, pixels budgeted, errors as 4xx.
+
+    Args:
+        preprocess: the explainer's :class:`Preprocessor` (its ``max_pixels`` is the per-image limit).
+        budget: the pixel budget shared by all requests.
+
+    Example:
+        >>> decoder = ImageDecoder(explainer.preprocess, PixelBudget(100_000_000))
+        >>> prepared = await decoder(raw_bytes, request_id="3f2a")  # doctest: +SKIP
+    """
+
+    def __init__(self, preprocess: Preprocessor, budget: PixelBudget) -> None:
+        self.preprocess = preprocess
+        self.budget = budget
+
+    async def __call__(self, raw: bytes, request_id: str = "-") -> Prepared:
+        # Off the event loop: even a header can be slow to parse for some formats.
+        info = await asyncio.to_thread(self._checked, raw, request_id, self.preprocess.probe)
+        pixels = info.decoded_pixels  # a JPEG counts at the reduced scale it will be decoded at
+        if pixels > self.preprocess.max_pixels:
+            # Over the per-image limit: the preprocessor refuses it from the header, decoding nothing, so
+            # there is nothing to budget (and no reason to queue behind other requests to hear it).
+            return await asyncio.to_thread(self._checked, raw, request_id, self._prepare)
+        async with self.budget.reserve(pixels):
+            prepared = await asyncio.to_thread(self._checked, raw, request_id, self._prepare)
+        if pixels >= TRIM_AFTER_PIXELS:
+            await asyncio.to_thread(release_memory)
+        return prepared
+
+    def _prepare(self, raw: bytes) -> Prepared:
+        return self.preprocess(raw, name="the uploaded image")
+
+    @staticmethod
+    def _checked(raw: bytes, request_id: str, step: Callable[[bytes], T]) -> T:
+        try:
+            return step(raw)
+        except ImageTooLargeError as exc:
+            raise ApiError(413, str(exc)) from None
+        except ImageDecodeError as exc:
+            raise ApiError(422, f"field 'image' is not a readable image: {exc}") from None
+        except MemoryError:
+            logger.warning("request %s: out of memory decoding a %d-byte image", request_id, len(raw))
+            raise ApiError(503, "not enough memory to decode the image now; try again later") from None
+        except _MALFORMED as exc:
+            # A parser failing in a way lit_explain does not name yet: the input's fault, but keep the trace.
+            logger.warning("request %s: the image decoder failed", request_id, exc_info=exc)
+            raise ApiError(422, "field 'image' is not a readable image: the decoder rejected it") from None
+
+
+__all__ = ["DEFAULT_DECODE_BUDGET", "ImageDecoder", "PixelBudget", "release_memory"]

@@ -1,0 +1,76 @@
+"""Recording low-confidence requests for review: one complete folder per request, or none at all."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from lit_explain.inference.explainer import Explanation
+from lit_explain.outputs import write_json
+from lit_explain.render import encode_png
+
+
+def _image_extension(raw: bytes) -> str:
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            return (image.format or "bin").lower()
+    except Exception:  # the request decoded fine; a failing re-open only loses the extension
+        return "bin"
+
+
+class LowConfidenceLog:
+    """Writes requests whose confidence is below ``threshold`` into ``directory``, one folder each.
+
+    A folder holds the request's image as sent, the heatmap, the overlay, the model input and
+    ``record.json`` (the response without the base64 pictures, plus the explanation summary). It is
+    written under a hidden name and renamed when complete.
+
+    Example:
+        >>> log = LowConfidenceLog(Path("low_confidence"), threshold=0.5)
+        >>> log.maybe_record(raw_bytes, explanation, response)  # doctest: +SKIP
+        PosixPath('low_confidence/20260101T120000.000000Z_1a2b3c4d')
+    """
+
+    def __init__(self, directory: Path, threshold: float) -> None:
+        self.directory = Path(directory)
+        self.threshold = threshold
+        self.written = 0
+
+    def maybe_record(self, raw: bytes, result: Explanation, response: dict[str, Any]) -> Path | None:
+        """Write the record when ``result`` is below the threshold; returns its folder (None otherwise)."""
+        if result.confidence >= self.threshold:
+            return None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        name = f"{stamp}_{uuid.uuid4().hex[:8]}"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".{name}.tmp"
+        tmp.mkdir()
+        try:
+            (tmp / f"request_image.{_image_extension(raw)}").write_bytes(raw)
+            explained = result.primary
+            (tmp / "heatmap.png").write_bytes(encode_png(explained.heatmap))
+            (tmp / "overlay.png").write_bytes(encode_png(explained.overlay))
+            (tmp / "model_input.png").write_bytes(encode_png(result.image))
+            record = {
+                "time": stamp,
+                "threshold": self.threshold,
+                **{k: v for k, v in response.items() if not k.startswith("gradcam_")},
+                "summary": result.summary(),
+            }
+            write_json(tmp / "record.json", record)
+            os.rename(tmp, self.directory / name)  # the folder appears complete or not at all
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.written += 1
+        return self.directory / name
+
+
+__all__ = ["LowConfidenceLog"]

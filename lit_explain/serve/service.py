@@ -1,0 +1,179 @@
+"""The service behind the routes: checked fields -> budgeted decode -> micro-batched explain -> JSON answer."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lit_explain.inference.explainer import Explainer, Explanation, UnknownClassError
+from lit_explain.inference.preprocess import Prepared
+from lit_explain.render import encode_png
+from lit_explain.serve.batching import MicroBatcher
+from lit_explain.serve.bodies import class_field, decode_base64_image, top_k_field
+from lit_explain.serve.decoding import DEFAULT_DECODE_BUDGET, ImageDecoder, PixelBudget
+from lit_explain.serve.errors import ApiError, logger, shorten
+from lit_explain.serve.lowconf import LowConfidenceLog
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+SHOWN_CLASSES = 50  # class names listed in an unknown-class error
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and options of the service.
+
+    Attributes:
+        max_bytes: largest request body (the base64 image is 4/3 of the file's size).
+        max_batch, max_wait_ms: micro-batching (``max_batch=1`` turns it off).
+        decode_budget: pixels (width x height, from the images' headers) decoded at once across all
+            requests; more wait their turn. Bounds the decoding memory (3-4 bytes per pixel for RGB).
+        log_below: record requests whose confidence is below this into ``log_dir`` (None: off).
+        log_dir: where the low-confidence records go.
+        png_level: zlib level of the returned PNGs (1: fast).
+
+    Example:
+        >>> ServeSettings(max_bytes=5_000_000, log_below=0.5).decode_budget
+        100000000
+    """
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    decode_budget: int = DEFAULT_DECODE_BUDGET
+    log_below: float | None = None
+    log_dir: Path = Path("low_confidence")
+    png_level: int = 1
+
+
+@dataclass
+class _Work:
+    prepared: Prepared
+    raw: bytes | None  # the image as sent, kept only when low-confidence requests are recorded
+    target: int | None
+    top_k: int
+
+
+def _b64_png(image: Any, level: int) -> str:
+    return base64.b64encode(encode_png(image, compress_level=level)).decode("ascii")
+
+
+def _unknown_class_message(name: str | int, names: list[str]) -> str:
+    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    if isinstance(name, int):
+        return f"class index {shorten(name)} is out of range: the model has {len(names)} classes ({shown})"
+    return f"unknown class name {shorten(name)}; the model's classes are: {shown}"
+
+
+class ExplainService:
+    """One explainer served to concurrent requests (the routes in :mod:`lit_explain.serve.app` call it).
+
+    Example:
+        >>> service = ExplainService(explainer, ServeSettings())        # doctest: +SKIP
+        >>> await service.explain({"image": b64}, target=None)          # doctest: +SKIP
+        {'prediction': 'star', 'confidence': 0.91, ...}
+    """
+
+    def __init__(self, explainer: Explainer, settings: ServeSettings) -> None:
+        self.explainer = explainer
+        self.settings = settings
+        self.log = (
+            LowConfidenceLog(settings.log_dir, settings.log_below) if settings.log_below is not None else None
+        )
+        self.budget = PixelBudget(settings.decode_budget)
+        self.decoder = ImageDecoder(explainer.preprocess, self.budget)
+        self.batcher: MicroBatcher[_Work, dict[str, Any]] = MicroBatcher(
+            self.run_batch, settings.max_batch, settings.max_wait_ms
+        )
+        self.started = time.time()
+
+    def class_target(self, payload: dict[str, Any]) -> int:
+        """The index of the class the request names; 422 without one, 404 for one the model lacks."""
+        name = class_field(payload)
+        try:
+            return self.explainer.class_index(name)
+        except UnknownClassError as exc:
+            names = list(exc.valid)
+            raise ApiError(
+                404,
+                _unknown_class_message(name, names),
+                valid_classes=names[:SHOWN_CLASSES],
+                num_classes=len(names),
+                truncated=len(names) > SHOWN_CLASSES,
+            ) from None
+
+    async def explain(
+        self, payload: dict[str, Any], target: int | None, request_id: str = "-"
+    ) -> dict[str, Any]:
+        """Decode the request's image, explain ``target`` (None: the prediction) and build the answer."""
+        top_k = top_k_field(payload, len(self.explainer.class_names))
+        raw = decode_base64_image(payload.get("image"))
+        prepared = await self.decoder(raw, request_id)
+        work = _Work(prepared, raw if self.log is not None else None, target, top_k)
+        del raw  # only the small model input travels on, unless the low-confidence log needs the original
+        return await self.batcher.submit(work)
+
+    def run_batch(self, items: list[_Work]) -> list[dict[str, Any] | Exception]:
+        """One batched explain; building each answer can fail for that request alone."""
+        results = self.explainer.explain_prepared(
+            [w.prepared for w in items],
+            [w.target for w in items],
+            [0 if w.target is not None else 1 for w in items],
+        )
+        out: list[dict[str, Any] | Exception] = []
+        for work, result in zip(items, results, strict=True):
+            try:
+                out.append(self._answer(work, result))
+            except Exception as exc:  # raised to this request only; the route's handler logs it
+                out.append(exc)
+        return out
+
+    def _answer(self, work: _Work, result: Explanation) -> dict[str, Any]:
+        explained = result.primary
+        response: dict[str, Any] = {
+            "prediction": result.prediction,
+            "confidence": result.confidence,
+            "top_k": [{"class_name": n, "probability": p} for n, _, p in result.top_k[: work.top_k]],
+            "class_name": explained.class_name,
+            "class_probability": explained.probability,
+            "class_rank": explained.rank,
+            "method": result.method,
+            "layer": result.layer,
+            "gradcam_heatmap": _b64_png(explained.heatmap, self.settings.png_level),
+            "gradcam_overlay": _b64_png(explained.overlay, self.settings.png_level),
+        }
+        if self.log is not None and work.raw is not None:
+            try:
+                record = self.log.maybe_record(work.raw, result, response)
+            except OSError as exc:  # a full disk must not fail the request itself
+                logger.warning("cannot record a low-confidence request: %s", exc)
+                record, response["low_confidence_log_error"] = None, str(exc)
+            if record is not None:
+                response["logged"] = record.name
+        return response
+
+    def health(self) -> dict[str, Any]:
+        """Liveness, what is loaded, and the batching and decoding counters."""
+        explainer, settings = self.explainer, self.settings
+        return {
+            "status": "ok",
+            "num_classes": len(explainer.class_names),
+            "method": explainer.method,
+            "layer": explainer.layer_name,
+            "input_size": list(explainer.preprocess.input_size),
+            "in_channels": explainer.preprocess.in_channels,
+            "device": str(explainer.device),
+            "batching": {
+                "max_batch": settings.max_batch,
+                "max_wait_ms": settings.max_wait_ms,
+                **self.batcher.stats.as_dict(),
+            },
+            "decoding": {"max_pixels": explainer.preprocess.max_pixels, **self.budget.as_dict()},
+            "low_confidence_logged": self.log.written if self.log is not None else None,
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+
+__all__ = ["DEFAULT_MAX_BYTES", "ExplainService", "ServeSettings"]
