@@ -183,6 +183,9 @@ def _candidates_hint(net: nn.Module, name: str) -> str:
     parts = []
     if close:
         parts.append("Close matches: " + ", ".join(close) + ".")
+    family = family_layer(net)
+    if family is not None:
+        parts.append(f"layer=None picks {family!r} for this model.")
     parts.append("Top-level layers: " + (", ".join(top) or "(none)") + ".")
     if convish:
         parts.append("Last convolution-like layers: " + ", ".join(convish[-8:]) + ".")

@@ -219,13 +219,17 @@ def _patch_grid(embed: nn.Module, image_size: tuple[int, int]) -> tuple[int, int
 
 
 def _is_downsampled(h: int, w: int, image_size: tuple[int, int]) -> bool:
-    """Whether ``(h, w)`` is the input size divided by one integer stride (floor or ceil, +-1 for padding)."""
+    """Whether ``(h, w)`` is the input size divided by one integer stride, rounded down or up.
+
+    Padded strided convolutions and pools round up (``ceil(H/2)``), unpadded ones down, and chains of
+    them stay between ``floor(H/s)`` and ``ceil(H/s)`` of the total stride ``s``.
+    """
     big_h, big_w = image_size
     if h < 1 or w < 1 or h > big_h or w > big_w:
         return False
     for stride in range(1, max(big_h, big_w) + 1):
-        ok_h = math.floor(big_h / stride) - 1 <= h <= math.ceil(big_h / stride) + 1
-        ok_w = math.floor(big_w / stride) - 1 <= w <= math.ceil(big_w / stride) + 1
+        ok_h = big_h // stride <= h <= -(-big_h // stride)
+        ok_w = big_w // stride <= w <= -(-big_w // stride)
         if ok_h and ok_w:
             return True
     return False
