@@ -445,8 +445,9 @@ def _pid_alive(pid: int) -> bool:
 def clean_stale(parent: PathLike) -> list[Path]:
     """Remove the temporary folders that killed lit_explain runs left in ``parent``; returns them.
 
-    Only folders named ``.NAME.tmp-PID-XXXX`` / ``.NAME.old-PID-XXXX`` that hold lit_explain's marker
-    (written on this host) and whose PID no longer runs are touched. A ``.old`` folder is the previous
+    Only folders named ``.NAME.tmp-PID-XXXX`` / ``.NAME.old-PID-XXXX`` whose PID no longer runs and that
+    hold lit_explain's marker (written on this host) are removed, or that are empty (killed before the
+    marker was written). A ``.old`` folder is the previous
     report moved aside during a replacement: it is deleted only if ``NAME`` exists again, and moved
     back to ``NAME`` if the kill came between the two renames.
     """
@@ -460,11 +461,17 @@ def clean_stale(parent: PathLike) -> list[Path]:
         match = _TMP_RE.match(entry.name)
         if not match or entry.is_symlink() or not entry.is_dir():
             continue
-        marker = read_marker(entry)
-        if marker is None or marker.get("host", socket.gethostname()) != socket.gethostname():
-            continue
         pid = int(match["pid"])
         if pid == os.getpid() or _pid_alive(pid):
+            continue
+        marker = read_marker(entry)
+        if marker is None:
+            # Killed between creating the folder and writing its marker: only an empty one is ours for sure.
+            with contextlib.suppress(OSError):
+                entry.rmdir()
+                removed.append(entry)
+            continue
+        if marker.get("host", socket.gethostname()) != socket.gethostname():
             continue
         final = parent / match["name"]
         with contextlib.suppress(OSError):

@@ -7,9 +7,11 @@ Example:
 """
 
 from lit_explain.audit.callback import AttentionAudit
+from lit_explain.audit.checkpoint import audit_checkpoint
 from lit_explain.audit.compare import compare_reports, load_report
+from lit_explain.audit.options import AuditOptions, default_output
 from lit_explain.audit.report import AtomicReportDir, ReportExistsError
-from lit_explain.audit.run import AuditOptions, audit_checkpoint, default_output, run_audit
+from lit_explain.audit.run import run_audit
 from lit_explain.audit.sweep import SweepResult, sweep
 
 __all__ = [

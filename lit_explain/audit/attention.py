@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -143,24 +142,36 @@ def randomisation_check(
 ) -> dict:
     """Model-randomisation sanity check (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018).
 
-    A copy of the network gets fresh random weights in its top layers (the explained layer's last block
-    and the head); the same method explains the same images and targets again. A faithful method's maps
-    change: a low Spearman rank correlation with the original maps passes, a high one means the maps
-    reflect the image (edges, contrast) more than what the model learned.
+    The network's top layers (the explained layer's last block and the head) get fresh random weights;
+    the same method explains the same images and targets again. A faithful method's maps change: a low
+    Spearman rank correlation with the original maps passes, a high one means the maps reflect the image
+    (edges, contrast) more than what the model learned.
+
+    Memory: the network is not copied. Only the randomised layers' parameters and buffers are saved, on the
+    CPU, and written back in place afterwards (also on errors and Ctrl-C) — a deep copy would need a
+    second network's worth of device memory at once, which a large model on a busy GPU may not have.
+    Restoring in place keeps the same Parameter objects (an optimizer holding them is unaffected) and
+    never touches ``.grad``.
     """
-    randomised = copy.deepcopy(net)
-    names = _top_layers(randomised, layer, head)
+    names = _top_layers(net, layer, head)
+    modules = [net.get_submodule(name) for name in names]
+    saved = [{k: v.detach().to("cpu", copy=True) for k, v in _tensors(m).items()} for m in modules]
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     try:
-        for name in names:
-            for module in randomised.get_submodule(name).modules():
-                reset = getattr(module, "reset_parameters", None)
-                if callable(reset):
-                    reset()
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for module in modules:
+                for sub in module.modules():
+                    reset = getattr(sub, "reset_parameters", None)
+                    if callable(reset):
+                        reset()
+        new_maps = cam(net, images, layer=layer, targets=targets, method=method).maps
     finally:
         torch.random.set_rng_state(generator_state)
-    new_maps = cam(randomised, images, layer=layer, targets=targets, method=method).maps
+        with torch.no_grad():
+            for module, state in zip(modules, saved, strict=True):
+                for key, tensor in _tensors(module).items():
+                    tensor.copy_(state[key])
     rho = spearman(maps, new_maps)
     valid = rho[~rho.isnan()]
     mean = float(valid.mean()) if valid.numel() else float("nan")
@@ -172,6 +183,11 @@ def randomisation_check(
         "threshold": threshold,
         "passed": bool(valid.numel()) and mean < threshold,
     }
+
+
+def _tensors(module: nn.Module) -> dict[str, Tensor]:
+    """A module's parameters and buffers by name (the live tensors, not copies)."""
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
 def faithfulness(

@@ -8,7 +8,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_explain.audit.run import AuditOptions, default_output, run_audit
+from lit_explain.audit.options import AuditOptions, default_output
+from lit_explain.audit.run import run_audit
 from lit_explain.data.base import ExplainableDataModule
 from lit_explain.outputs import OutputError, remove_output_dir
 

@@ -8,7 +8,9 @@ from typing import Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from lit_explain.audit.run import AuditOptions, audit_checkpoint
+from lit_explain.audit.attach import attach_report
+from lit_explain.audit.checkpoint import audit_checkpoint
+from lit_explain.audit.options import AuditOptions
 from lit_explain.errors import ConfigError, LitExplainError
 from lit_explain.explain import METHODS
 
@@ -57,6 +59,15 @@ def build_parser() -> ArgumentParser:
         help="replace an earlier audit report at --output (bare --overwrite or --overwrite true)",
     )
     p.add_argument(
+        "--log_to_run",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="also attach the report to the checkpoint's run: a W&B artifact, MLflow run artifacts, "
+        "or a copy next to the checkpoint for TensorBoard/CSV runs",
+    )
+    p.add_argument(
         "--layer", type=str | None, default=None, help="layer to explain (default: the last spatial layer)"
     )
     p.add_argument("--method", type=str, default="gradcam", help=f"CAM method: {', '.join(METHODS)}")
@@ -68,7 +79,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data_config", type=str | None, default=None, help="YAML file with the data section")
     p.add_argument("--backbone", type=str | None, default=None, help="architecture of a plain weights file")
     p.add_argument(
-        "--device", type=str | None, default=None, help="cpu or cuda (default: cuda when available)"
+        "--device",
+        type=str | None,
+        default=None,
+        help="cpu, cuda, cuda:1, ... (default: cpu, as for explain and serve)",
     )
     p.add_argument("--batch_size", type=int, default=256, help="inference batch size")
     p.add_argument("--cam_batch_size", type=int, default=64, help="images per CAM batch")
@@ -142,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             backbone=cfg.backbone,
             device=cfg.device,
         )
+        attached = attach_report(report["path"], cfg.ckpt_path) if cfg.log_to_run else None
     except LitExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -154,4 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['accuracy']:.4f}; {len(report['recommendations'])} recommendation(s); "
         f"{report['timing']['total_s']:.1f} s\nreport: {report['path']}/index.html"
     )
+    if attached:
+        print(f"attached to the run: {attached}")
     return 0

@@ -26,7 +26,12 @@ def summary_text(report: Mapping[str, Any]) -> str:
         f"split: {report['split']}  samples: {report['num_samples']}  classes: {report['num_classes']}",
         f"accuracy: {_fmt(report['accuracy'], '.4f')}  mean loss: {_fmt(report['mean_loss'], '.4f')}",
         f"mean confidence: {_fmt(cal['mean_confidence'])} (right {_fmt(cal['mean_confidence_right'])}, "
-        f"wrong {_fmt(cal['mean_confidence_wrong'])})  ECE: {_fmt(cal['ece'])}",
+        f"wrong {_fmt(cal['mean_confidence_wrong'])})  ECE: {_fmt(cal['ece'])}"
+        + (
+            f"  -> {cal['direction']} (confidence - accuracy {_fmt(cal['gap'], '+.3f')})"
+            if "direction" in cal
+            else ""
+        ),
         f"errors: {cal['errors']}, of which {cal['high_confidence_errors']} with confidence >= 0.90",
         "",
     ]
@@ -41,6 +46,9 @@ def summary_text(report: Mapping[str, Any]) -> str:
     lines += [
         f"  {r['name']:<24} acc {r['accuracy']:.3f}  support {r['support']}" for r in reversed(rows[-5:])
     ]
+    lines += ["", "Shown samples (file or split index; every one is in shown_samples.csv):"]
+    for r in report["per_class"][:10]:
+        lines += [f"  {r['name']}: " + ", ".join(f"{x['role']} {x['source']}" for x in r.get("samples", []))]
     lines += ["", "Most confused pairs (true -> predicted: count):"]
     lines += [
         f"  {p['rank']:>2}. {p['true_name']} -> {p['pred_name']}: {p['count']}"
@@ -178,7 +186,8 @@ def index_page(report: Mapping[str, Any]) -> str:
 <button id="prev" type="button">&larr;</button><button id="next" type="button">&rarr;</button>
 <div class="row"><div class="card"><table id="class-stats"></table><h2>Confused pairs involving this class</h2>
 <table id="class-pairs"></table></div>
-<div class="card"><img id="class-panel" alt="best and worst predictions of the selected class"></div></div></section>
+<div class="card"><img id="class-panel" alt="best and worst predictions of the selected class">
+<h2>Samples in the panel (top to bottom)</h2><table id="class-samples"></table></div></div></section>
 <section><h2>Attention quality</h2><table id="attention"></table>
 <div class="row"><div class="card"><h2>Mean attention (predicted class)</h2><img src="attention_mean.png" alt="mean attention map" style="max-width:240px"></div></div></section>
 <section><h2>Most confused pairs</h2><table id="pairs"></table></section>
@@ -203,7 +212,8 @@ function kv(table, pairs) {{ table.textContent = ""; for (const [k, v] of pairs)
 const cal = report.calibration;
 document.getElementById("summary").textContent =
   report.split + " split: " + report.num_samples + " samples, " + report.num_classes + " classes; accuracy " + fmt(report.accuracy, 4) +
-  "; mean confidence " + fmt(cal.mean_confidence) + "; ECE " + fmt(cal.ece) + "; " + cal.errors + " errors (" +
+  "; mean confidence " + fmt(cal.mean_confidence) +
+  (cal.direction ? " (" + cal.direction + ", gap " + fmt(cal.gap) + ")" : "") + "; ECE " + fmt(cal.ece) + "; " + cal.errors + " errors (" +
   cal.high_confidence_errors + " with confidence >= 0.9)" + (report.timing ? "; audit took " + fmt(report.timing.total_s, 1) + " s" : "");
 for (const r of report.recommendations) {{
   const li = document.createElement("li"); li.className = r.severity;
@@ -250,6 +260,9 @@ function showClass(id) {{
   for (const p of report.confused_pairs.filter(p => p.true_id === id || p.pred_id === id)) row(pt, [p.true_name, p.pred_name, p.count]);
   const img = document.getElementById("class-panel");
   if (r.panel) {{ img.src = r.panel; img.hidden = false; }} else {{ img.removeAttribute("src"); img.hidden = true; }}
+  const st = document.getElementById("class-samples"); st.textContent = "";
+  row(st, ["", "file / sample", "true", "predicted", "confidence"], true);
+  for (const x of r.samples || []) row(st, [x.role, x.source, x.true_name, x.pred_name, fmt(x.confidence, 2)]);
   if (location.hash !== "#class-" + id) history.replaceState(null, "", "#class-" + id);
 }}
 select.addEventListener("change", () => showClass(Number(select.value)));

@@ -1,23 +1,27 @@
-"""The audit itself: one inference pass, CAMs for the shown samples only, then the report directory."""
+"""The audit's order of work: one inference pass, CAMs for the shown samples only, then the report folder.
+
+The jobs live in their own modules: settings in :mod:`~lit_explain.audit.options`, the numbers in
+:mod:`~lit_explain.audit.stats`, attention quality in :mod:`~lit_explain.audit.attention`, the files in
+:mod:`~lit_explain.audit.writing`, loading a checkpoint in :mod:`~lit_explain.audit.checkpoint`. This
+module only runs them in order and assembles ``report.json``.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import default_collate
+from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
-from lit_explain.audit import html, recommendations
+from lit_explain.audit import recommendations
 from lit_explain.audit.attention import (
-    THUMB,
     explain_batch,
     faithfulness,
     fixed_region,
@@ -26,218 +30,84 @@ from lit_explain.audit.attention import (
     sample_stats,
     thumbnails,
 )
-from lit_explain.audit.report import (
-    REPORT_FILE,
-    SCHEMA_VERSION,
-    AtomicReportDir,
-    panel_rows,
-    safe_name,
-    save_panel,
-    write_csv,
-    write_json,
-)
+from lit_explain.audit.options import AuditOptions, default_output, resolve_classes
+from lit_explain.audit.report import REPORT_FILE, SCHEMA_VERSION, panel_rows, save_panel
+from lit_explain.audit.samples import sample_source
 from lit_explain.audit.selection import (
-    most_confused_with,
+    ClassSelection,
+    PairSelection,
     probe_positions,
     select_class_samples,
     select_pairs,
 )
+from lit_explain.audit.stats import StatsStore, aggregate, calibration, mean, per_class
 from lit_explain.audit.sweep import SweepResult, sweep
+from lit_explain.audit.writing import write_mean_map, write_probe, write_report_files
 from lit_explain.data.base import ExplainableDataModule
 from lit_explain.data.batch import batch_masks, split_batch
 from lit_explain.errors import ConfigError
-from lit_explain.explain import METHODS
-from lit_explain.render import (
-    colorize,
-    confused_pairs_figure,
-    confusion_matrix_figure,
-    figure_to_png,
-    name_pairs,
-    per_class_accuracy_figure,
-)
+from lit_explain.explain import cam
+from lit_explain.outputs import AtomicReportDir, safe_name, write_json
 
-PROBE_FILE = "attention_probe.pt"
+__all__ = ["AuditOptions", "audit_checkpoint", "default_output", "resolve_classes", "run_audit"]
+
+Group = tuple[
+    str, Any, list[int]
+]  # ("class", class id, positions) | ("pair", PairSelection, ...) | ("probe", ...)
 
 
 @dataclass
-class AuditOptions:
-    """Settings of one audit (the CLI flags of ``python -m lit_explain audit``).
+class _Audit:
+    """What every step of one audit reads: the network, the data, the settings and the sweep."""
 
-    Example:
-        >>> AuditOptions(split="test", method="gradcam++", max_samples=2000)
-    """
+    net: nn.Module
+    dataset: Dataset
+    split: str
+    root: str | None  # the data folder, so that sample sources are relative to it
+    mean: Sequence[float]
+    std: Sequence[float]
+    options: AuditOptions
+    names: list[str]
+    classes: list[int]
+    head: str | None
+    timing: dict[str, float]
+    result: SweepResult | None = None
 
-    split: str = "val"
-    layer: str | None = None
-    method: str = "gradcam"
-    classes: Sequence[int | str] | None = None
-    max_samples: int | None = None
-    batch_size: int = 256
-    cam_batch_size: int = 64
-    num_workers: int = 0
-    best_per_class: int = 3
-    worst_per_class: int = 5
-    top_pairs: int = 15
-    pair_panels: int = 5
-    pair_examples: int = 6
-    probe_per_class: int = 2
-    quality_samples: int = 32
-    faithfulness_steps: int = 10
-    progress: bool = True
-    overwrite: bool = False
-    compare_to: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # provenance written into report.json
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
 
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"--method {self.method!r} is not known; choose one of {', '.join(METHODS)}")
-        for name in ("batch_size", "cam_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"--max_samples must be >= 1, got {self.max_samples}")
-        if self.quality_samples < 0 or self.faithfulness_steps < 1:
-            raise ConfigError("--quality_samples must be >= 0 and --faithfulness_steps >= 1")
+    def source(self, pos: int) -> str:
+        return sample_source(self.dataset, int(self.result.indices[pos]), self.split, self.root)
 
-
-def resolve_classes(classes: Sequence[int | str] | None, class_names: Sequence[str]) -> list[int]:
-    """Class ids from ids or names (``["3", "cat"]``); all classes when None."""
-    if not classes:
-        return list(range(len(class_names)))
-    lookup = {name: i for i, name in enumerate(class_names)}
-    chosen = []
-    for c in classes:
-        text = str(c)
-        if text in lookup:
-            chosen.append(lookup[text])
-        elif text.lstrip("-").isdigit() and 0 <= int(text) < len(class_names):
-            chosen.append(int(text))
-        else:
-            shown = ", ".join(list(class_names)[:12]) + (", ..." if len(class_names) > 12 else "")
-            raise ConfigError(
-                f"--classes: {text!r} is neither a class name nor an id 0..{len(class_names) - 1} ({shown})"
-            )
-    return sorted(set(chosen))
-
-
-def _positions(
-    datamodule: ExplainableDataModule, split: str, classes: list[int], max_samples: int | None
-) -> Tensor | None:
-    n_classes = datamodule.num_classes
-    if len(classes) == n_classes and max_samples is None:
-        return None
-    labels = datamodule.split_labels(split)
-    keep = torch.zeros(n_classes, dtype=torch.bool)
-    keep[classes] = True
-    positions = torch.nonzero(keep[labels]).flatten()
-    return positions[:max_samples] if max_samples is not None else positions
-
-
-def _ece(confidence: Tensor, correct: Tensor, bins: int = 15) -> float:
-    """Expected calibration error with equal-width confidence bins (Guo et al., 2017)."""
-    if confidence.numel() == 0:
-        return float("nan")
-    which = (confidence * bins).long().clamp(0, bins - 1)
-    conf_sum = torch.bincount(which, weights=confidence.float(), minlength=bins)
-    acc_sum = torch.bincount(which, weights=correct.float(), minlength=bins)
-    return float((conf_sum - acc_sum).abs().sum() / confidence.numel())
-
-
-def _mean(values: Tensor) -> float:
-    return float(values.float().mean()) if values.numel() else float("nan")
-
-
-def _per_class(result: SweepResult, classes: list[int], class_names: Sequence[str]) -> list[dict[str, Any]]:
-    cm = result.confusion_matrix()
-    other, other_count = most_confused_with(cm)
-    rows = []
-    for c in classes:
-        mine = result.labels == c
-        support = int(mine.sum())
-        correct = int(cm[c, c])
-        rows.append(
-            {
-                "id": c,
-                "name": class_names[c],
-                "accuracy": correct / support if support else float("nan"),
-                "support": support,
-                "correct": correct,
-                "mean_confidence": _mean(result.confidence[mine]),
-                "mean_true_prob": _mean(result.true_prob[mine]),
-                "mean_loss": _mean(result.loss[mine]),
-                "most_confused_with": class_names[int(other[c])] if int(other[c]) >= 0 else "",
-                "most_confused_with_id": int(other[c]),
-                "most_confused_count": int(other_count[c]),
-                "predicted_as_this": int(cm[:, c].sum()),
-            }
-        )
-    return rows
-
-
-class _StatsStore:
-    """Per explained sample (by sweep position): attention numbers and a small map, each kept once."""
-
-    def __init__(self) -> None:
-        self.positions: list[int] = []
-        self.values: dict[str, list[Tensor]] = {}
-        self.thumbs: list[Tensor] = []
-        self.seen: set[int] = set()
-
-    def add(self, positions: list[int], stats: Mapping[str, Tensor], thumbs: Tensor) -> None:
-        keep = [i for i, p in enumerate(positions) if p not in self.seen]
-        if not keep:
-            return
-        idx = torch.tensor(keep)
-        self.positions += [positions[i] for i in keep]
-        self.seen.update(positions[i] for i in keep)
-        for key, value in stats.items():
-            self.values.setdefault(key, []).append(value[idx])
-        self.thumbs.append(thumbs[idx])
-
-    def tensors(self) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        pos = torch.tensor(self.positions, dtype=torch.long)
-        values = {k: torch.cat(v) for k, v in self.values.items()}
-        thumbs = torch.cat(self.thumbs) if self.thumbs else torch.zeros(0, THUMB, THUMB, dtype=torch.float16)
-        return pos, values, thumbs
-
-
-def _fetch(dataset, result: SweepResult, positions: list[int]) -> tuple[Tensor, Tensor | None]:
-    batch = default_collate([dataset[int(result.indices[p])] for p in positions])
-    images, _ = split_batch(batch)
-    masks = batch_masks(batch)
-    return images, masks
-
-
-def _caption(result: SweepResult, pos: int, class_names: Sequence[str], tag: str) -> str:
-    label, pred = int(result.labels[pos]), int(result.preds[pos])
-    return (
-        f"{tag} #{int(result.indices[pos])}  true: {class_names[label]}  "
-        f"pred: {class_names[pred]} ({float(result.confidence[pos]):.2f})"
-    )
-
-
-def _aggregate(
-    values: Mapping[str, Tensor], labels: Tensor, correct: Tensor, classes: list[int]
-) -> tuple[dict, dict]:
-    def summary(select: Tensor) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "n": int(select.sum()),
-            "n_right": int((select & correct).sum()),
-            "n_wrong": int((select & ~correct).sum()),
+    def sample(self, pos: int, role: str) -> dict[str, Any]:
+        r = self.result
+        return {
+            "role": role,
+            "source": self.source(pos),
+            "index": int(r.indices[pos]),
+            "true_name": self.names[int(r.labels[pos])],
+            "pred_name": self.names[int(r.preds[pos])],
+            "confidence": float(r.confidence[pos]),
+            "correct": bool(r.correct[pos]),
         }
-        for key, v in values.items():
-            out[key] = _mean(v[select])
-            out[f"{key}_right"] = _mean(v[select & correct])
-            out[f"{key}_wrong"] = _mean(v[select & ~correct])
-        return out
 
-    overall = summary(torch.ones_like(labels, dtype=torch.bool))
-    per_class = {c: summary(labels == c) for c in classes}
-    return overall, per_class
+    def caption(self, pos: int, tag: str) -> str:
+        s = self.sample(pos, tag)
+        return f"{tag}: {s['source']}\ntrue: {s['true_name']}  pred: {s['pred_name']} ({s['confidence']:.2f})"
 
 
-def _figure(path: Path, fig) -> None:
-    path.write_bytes(figure_to_png(fig))
+@dataclass
+class _Shown:
+    """What the explain-and-render step produced."""
+
+    store: StatsStore = field(default_factory=StatsStore)
+    probe_maps: dict[int, Tensor] = field(default_factory=dict)
+    panels: dict[int, str] = field(default_factory=dict)  # class id -> panel file
+    pair_files: dict[int, str] = field(default_factory=dict)  # pair rank -> panel file
+    layer: str | None = None
+    raw_size: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = None
 
 
 def run_audit(
@@ -267,28 +137,138 @@ def run_audit(
         head = model.head_name
     if device is not None:
         net = net.to(device)
-    classes = resolve_classes(options.classes, names)
-    timing: dict[str, float] = {}
+    root = getattr(datamodule, "root", None)
+    audit = _Audit(
+        net, datamodule.dataset(options.split), options.split, str(root) if root is not None else None,
+        datamodule.mean, datamodule.std, options, names, resolve_classes(options.classes, names), head, {},
+    )  # fmt: skip
     t0 = time.perf_counter()
-
     target = AtomicReportDir(output, overwrite=options.overwrite, kind="audit")
     with target as tmp:
         # Fork the RNG so that an audit inside training (the callback) leaves its random stream untouched.
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
-            report = _audit_into(tmp, net, datamodule, options, names, classes, head, timing)
-        timing["total_s"] = time.perf_counter() - t0
-        report["timing"] = timing
-        write_json(tmp / REPORT_FILE, report)
+            report = _audit_into(tmp, audit, datamodule, training_settings(model, datamodule))
+        audit.timing["total_s"] = time.perf_counter() - t0
+        report["timing"] = audit.timing
+        write_json(tmp / REPORT_FILE, report, overwrite=True, indent=1)
         final = target.commit()
     report["path"] = str(final)
     return report
 
 
-def _batches(groups: list[tuple[str, Any, list[int]]], size: int) -> list[list[tuple[str, Any, list[int]]]]:
+def training_settings(model: nn.Module, datamodule: ExplainableDataModule) -> dict[str, Any]:
+    """The checkpoint's own regularisation settings, so that no recommendation repeats one already set."""
+    hp = getattr(model, "hparams", None) or {}
+    data_hp = getattr(datamodule, "hparams", None) or {}
+    return {
+        "label_smoothing": hp.get("label_smoothing"),
+        "weight_decay": hp.get("weight_decay"),
+        "augment": data_hp.get("augment"),
+    }
+
+
+def _timed(audit: _Audit, key: str, start: float) -> None:
+    audit.timing[key] = time.perf_counter() - start
+
+
+def _audit_into(
+    tmp: Path, audit: _Audit, datamodule: ExplainableDataModule, settings: dict[str, Any]
+) -> dict[str, Any]:
+    t = time.perf_counter()
+    audit.result = _sweep(audit, datamodule)
+    _timed(audit, "inference_s", t)
+
+    t = time.perf_counter()
+    result, options = audit.result, audit.options
+    selections = {
+        c: select_class_samples(result, c, options.best_per_class, options.worst_per_class)
+        for c in audit.classes
+    }
+    pairs = select_pairs(result, audit.classes, top_n=options.top_pairs, examples=options.pair_examples)
+    probe = probe_positions(result, audit.classes, options.probe_per_class)
+    shown = _explain_and_render(tmp, audit, _groups(audit, selections, pairs, probe), selections)
+    _timed(audit, "explain_render_s", t)
+
+    t = time.perf_counter()
+    faith, randomisation = _attention_quality(audit, probe[: options.quality_samples], shown.layer)
+    _timed(audit, "attention_quality_s", t)
+
+    t = time.perf_counter()
+    pos, values, thumbs = shown.store.tensors()
+    overall, by_class = aggregate(values, result.labels[pos], result.correct[pos], audit.classes)
+    probe_order = [p for p in probe if p in shown.probe_maps]
+    write_probe(
+        tmp, audit.split, result.indices[probe_order], result.labels[probe_order],
+        [shown.probe_maps[p] for p in probe_order],
+    )  # fmt: skip
+    attention = {
+        **_attention_summary(audit, shown, overall, "energy_in_mask" in values, int(pos.numel())),
+        "faithfulness": faith,
+        "randomisation": randomisation,
+        "fixed_region": fixed_region(thumbs, result.labels[pos], audit.classes),
+        "mean_map_file": write_mean_map(tmp, thumbs),
+    }
+    report = _report(audit, selections, pairs, shown, by_class, attention, settings)
+    if options.compare_to:
+        from lit_explain.audit.compare import compare_reports
+
+        report["compare"] = compare_reports(report, tmp, options.compare_to)
+    _timed(audit, "aggregate_s", t)
+
+    t = time.perf_counter()
+    write_report_files(tmp, report, result.confusion_matrix(), audit.names)
+    _timed(audit, "files_s", t)
+    return report
+
+
+def _sweep(audit: _Audit, datamodule: ExplainableDataModule) -> SweepResult:
+    """One inference pass over the chosen classes of the split (O(N) scalars kept)."""
+    options = audit.options
+    positions = _positions(datamodule, audit.split, audit.classes, options.max_samples)
+    result = sweep(
+        audit.net,
+        audit.dataset,
+        len(audit.names),
+        positions,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        device=audit.device,
+        progress=options.progress,
+    )
+    if len(result) == 0:
+        raise ConfigError(f"no samples of the chosen classes in the {audit.split} split")
+    return result
+
+
+def _positions(
+    datamodule: ExplainableDataModule, split: str, classes: list[int], max_samples: int | None
+) -> Tensor | None:
+    n_classes = datamodule.num_classes
+    if len(classes) == n_classes and max_samples is None:
+        return None
+    labels = datamodule.split_labels(split)
+    keep = torch.zeros(n_classes, dtype=torch.bool)
+    keep[classes] = True
+    positions = torch.nonzero(keep[labels]).flatten()
+    return positions[:max_samples] if max_samples is not None else positions
+
+
+def _groups(
+    audit: _Audit, selections: dict[int, ClassSelection], pairs: list[PairSelection], probe: list[int]
+) -> list[Group]:
+    """The samples to explain: per class best/worst, the top pairs' examples, and the fixed probe."""
+    size = audit.options.cam_batch_size
+    groups: list[Group] = [("class", c, s.positions) for c, s in selections.items() if s.positions]
+    groups += [("pair", p, p.positions) for p in pairs[: audit.options.pair_panels] if p.positions]
+    groups += [("probe", None, probe[i : i + size]) for i in range(0, len(probe), size)]
+    return groups
+
+
+def _batches(groups: list[Group], size: int) -> list[list[Group]]:
     """Whole groups packed into batches of about ``size`` samples (a group is never split)."""
-    out: list[list[tuple[str, Any, list[int]]]] = []
-    current: list[tuple[str, Any, list[int]]] = []
+    out: list[list[Group]] = []
+    current: list[Group] = []
     count = 0
     for group in groups:
         if current and count + len(group[2]) > size:
@@ -301,175 +281,106 @@ def _batches(groups: list[tuple[str, Any, list[int]]], size: int) -> list[list[t
     return out
 
 
-def _audit_into(
-    tmp: Path,
-    net: nn.Module,
-    datamodule: ExplainableDataModule,
-    options: AuditOptions,
-    names: list[str],
-    classes: list[int],
-    head: str | None,
-    timing: dict[str, float],
-) -> dict[str, Any]:
-    split = options.split
-    dataset = datamodule.dataset(split)
-    device = next(net.parameters()).device
-    mean, std = datamodule.mean, datamodule.std
+def _fetch(audit: _Audit, positions: list[int]) -> tuple[Tensor, Tensor | None]:
+    batch = default_collate([audit.dataset[int(audit.result.indices[p])] for p in positions])
+    images, _ = split_batch(batch)
+    return images, batch_masks(batch)
 
-    # 1. One inference pass, O(N) scalars.
-    t = time.perf_counter()
-    positions = _positions(datamodule, split, classes, options.max_samples)
-    result = sweep(
-        net,
-        dataset,
-        len(names),
-        positions,
-        batch_size=options.batch_size,
-        num_workers=options.num_workers,
-        device=device,
-        progress=options.progress,
-    )
-    if len(result) == 0:
-        raise ConfigError(f"no samples of the chosen classes in the {split} split")
-    timing["inference_s"] = time.perf_counter() - t
 
-    # 2. Numbers from the scalars.
-    cm = result.confusion_matrix()
-    per_class = _per_class(result, classes, names)
-    pairs = select_pairs(result, classes, top_n=options.top_pairs, examples=options.pair_examples)
-    correct = result.correct
-    wrong_conf = result.confidence[~correct]
-    n_errors = int((~correct).sum())
-    calibration = {
-        "ece": _ece(result.confidence, correct),
-        "mean_confidence": _mean(result.confidence),
-        "mean_confidence_right": _mean(result.confidence[correct]),
-        "mean_confidence_wrong": _mean(wrong_conf),
-        "errors": n_errors,
-        "high_confidence_errors": int((wrong_conf >= 0.9).sum()),
-        "high_confidence_error_share": float((wrong_conf >= 0.9).float().mean()) if n_errors else 0.0,
-    }
-
-    # 3. Which samples to explain: per class best/worst, the top pairs' examples, and a fixed probe.
-    t = time.perf_counter()
-    selections = {
-        c: select_class_samples(result, c, options.best_per_class, options.worst_per_class) for c in classes
-    }
-    probe = probe_positions(result, classes, options.probe_per_class)
-    groups: list[tuple[str, Any, list[int]]] = [
-        ("class", c, s.positions) for c, s in selections.items() if s.positions
-    ]
-    groups += [("pair", p, p.positions) for p in pairs[: options.pair_panels] if p.positions]
-    groups += [
-        ("probe", None, probe[i : i + options.cam_batch_size])
-        for i in range(0, len(probe), options.cam_batch_size)
-    ]
-    store = _StatsStore()
-    probe_set = set(probe)
-    probe_maps: dict[int, Tensor] = {}
-    panels: dict[int, str] = {}
-    pair_files: dict[int, str] = {}
-    layer_name = options.layer
-    raw_size: tuple[int, int] | None = None
-    image_size: tuple[int, int] | None = None
+def _explain_and_render(
+    tmp: Path, audit: _Audit, groups: list[Group], selections: dict[int, ClassSelection]
+) -> _Shown:
+    """CAMs (true and predicted class) for every shown sample, their attention numbers, and the panels."""
+    shown, result, options = _Shown(layer=audit.options.layer), audit.result, audit.options
     (tmp / "worst_predictions").mkdir()
+    probe_set = {p for kind, _, ps in groups if kind == "probe" for p in ps}
     batches = _batches(groups, options.cam_batch_size)
-    for batch_groups in tqdm(
+    for batch in tqdm(
         batches, desc="audit: explain + render", unit="batch", disable=not options.progress, leave=False
     ):
-        unique = list(dict.fromkeys(p for _, _, ps in batch_groups for p in ps))
-        images, masks = _fetch(dataset, result, unique)
+        unique = list(dict.fromkeys(p for _, _, ps in batch for p in ps))
+        images, masks = _fetch(audit, unique)
         maps = explain_batch(
-            net, images, result.labels[unique], result.preds[unique], options.layer, options.method
+            audit.net, images, result.labels[unique], result.preds[unique], options.layer, options.method
         )
-        layer_name, raw_size, image_size = maps.layer, maps.raw_size, tuple(images.shape[-2:])
-        store.add(unique, sample_stats(maps, masks), thumbnails(maps.pred))
-        for i, p in enumerate(unique):
-            if p in probe_set:
-                probe_maps[p] = thumbnails(maps.true[i : i + 1])[0]
+        shown.layer, shown.raw_size, shown.image_size = maps.layer, maps.raw_size, tuple(images.shape[-2:])
+        shown.store.add(unique, sample_stats(maps, masks), thumbnails(maps.pred))
         where = {p: i for i, p in enumerate(unique)}
-        for kind, key, ps in batch_groups:
-            if kind == "probe":
-                continue
-            idx = torch.tensor([where[p] for p in ps])
-            rows = panel_rows(images[idx].to(device), maps.true[idx], maps.pred[idx], mean, std)
-            ok = correct[ps]
-            if kind == "class":
-                sel = selections[key]
-                captions = [_caption(result, p, names, "best") for p in sel.best]
-                captions += [_caption(result, p, names, "worst") for p in sel.worst]
-                rel = f"worst_predictions/class_{key:03d}_{safe_name(names[key])}.png"
-                panels[key] = rel
-            else:
-                captions = [
-                    _caption(result, p, names, f"{names[key.true_id]} -> {names[key.pred_id]}") for p in ps
-                ]
-                rel = f"confused_pair_{key.rank}_{safe_name(names[key.true_id])}_to_{safe_name(names[key.pred_id])}.png"
-                pair_files[key.rank] = rel
-            save_panel(tmp / rel, rows, captions, ok, options.method)
-    timing["explain_render_s"] = time.perf_counter() - t
+        for p in probe_set & set(unique):
+            shown.probe_maps[p] = thumbnails(maps.true[where[p] : where[p] + 1])[0]
+        for kind, key, ps in batch:
+            if kind != "probe":
+                idx = torch.tensor([where[p] for p in ps])
+                rows = panel_rows(
+                    images[idx].to(audit.device), maps.true[idx], maps.pred[idx], audit.mean, audit.std
+                )
+                _save_group_panel(tmp, audit, shown, kind, key, selections, rows)
+    return shown
 
-    # 4. Attention quality on the probe: faithfulness and the model-randomisation check.
-    t = time.perf_counter()
-    quality = probe[: options.quality_samples]
-    faith: dict[str, Any] = {"samples": 0}
-    randomisation: dict[str, Any] = {"samples": 0}
-    if quality and layer_name:
-        images, _ = _fetch(dataset, result, quality)
-        images = images.to(device)
-        targets = result.preds[quality].to(device)
-        from lit_explain.explain import cam
 
-        maps = cam(net, images, layer=layer_name, targets=targets, method=options.method).maps
-        faith = faithfulness(net, images, maps, targets, steps=options.faithfulness_steps)
-        randomisation = randomisation_check(net, images, targets, maps, layer_name, options.method, head=head)
-    timing["attention_quality_s"] = time.perf_counter() - t
+def _save_group_panel(
+    tmp: Path,
+    audit: _Audit,
+    shown: _Shown,
+    kind: str,
+    key: Any,
+    selections: dict[int, ClassSelection],
+    rows: Tensor,
+) -> None:
+    names = audit.names
+    if kind == "class":
+        sel = selections[key]
+        captions = [audit.caption(p, "best") for p in sel.best] + [
+            audit.caption(p, "worst") for p in sel.worst
+        ]
+        rel = f"worst_predictions/class_{key:03d}_{safe_name(names[key], 40)}.png"
+        shown.panels[key] = rel
+        positions = sel.positions
+    else:
+        tag = f"{names[key.true_id]} -> {names[key.pred_id]}"
+        captions = [audit.caption(p, tag) for p in key.positions]
+        rel = f"confused_pair_{key.rank}_{safe_name(names[key.true_id], 40)}_to_{safe_name(names[key.pred_id], 40)}.png"
+        shown.pair_files[key.rank] = rel
+        positions = key.positions
+    save_panel(tmp / rel, rows, captions, audit.result.correct[positions], audit.options.method)
 
-    # 5. Aggregate the attention numbers; look for a fixed hot region.
-    t = time.perf_counter()
-    pos, values, thumbs = store.tensors()
-    overall, by_class = _aggregate(values, result.labels[pos], correct[pos], classes)
-    region = fixed_region(thumbs, result.labels[pos], classes)
-    for row in per_class:
-        row["attention"] = by_class[row["id"]]
-        row["panel"] = panels.get(row["id"], "")
-    mean_map = thumbs.float().mean(dim=0) if thumbs.numel() else torch.zeros(THUMB, THUMB)
-    mean_map = (mean_map - mean_map.min()) / (mean_map.max() - mean_map.min()).clamp_min(1e-12)
-    big = F.interpolate(mean_map[None, None], size=(192, 192), mode="bilinear", align_corners=False)[0]
-    from lit_explain.render import save_png
 
-    save_png(tmp / "attention_mean.png", colorize(big), overwrite=True)
+def _attention_quality(audit: _Audit, quality: list[int], layer: str | None) -> tuple[dict, dict]:
+    """Faithfulness (deletion/insertion) and the model-randomisation check on the first probe samples."""
+    if not quality or not layer:
+        return {"samples": 0}, {"samples": 0}
+    images, _ = _fetch(audit, quality)
+    images = images.to(audit.device)
+    targets = audit.result.preds[quality].to(audit.device)
+    method = audit.options.method
+    maps = cam(audit.net, images, layer=layer, targets=targets, method=method).maps
+    faith = faithfulness(audit.net, images, maps, targets, steps=audit.options.faithfulness_steps)
+    randomisation = randomisation_check(audit.net, images, targets, maps, layer, method, head=audit.head)
+    return faith, randomisation
 
-    probe_order = [p for p in probe if p in probe_maps]
-    torch.save(
-        {
-            "split": split,
-            "indices": result.indices[probe_order].clone(),
-            "labels": result.labels[probe_order].clone(),
-            "maps": torch.stack([probe_maps[p] for p in probe_order])
-            if probe_order
-            else torch.zeros(0, THUMB, THUMB),
-        },
-        tmp / PROBE_FILE,
-    )
 
-    reference = reference_concentration(raw_size, image_size) if raw_size and image_size else float("nan")
-    attention = {
+def _attention_summary(
+    audit: _Audit, shown: _Shown, overall: dict[str, Any], has_masks: bool, explained: int
+) -> dict[str, Any]:
+    raw, size = shown.raw_size, shown.image_size
+    reference = reference_concentration(raw, size) if raw and size else float("nan")
+    return {
         "concentration_reference": reference,
         "concentration_relative": overall.get("concentration_pred", float("nan")) / reference,
-        "layer_resolution": list(raw_size or ()),
-        "method": options.method,
-        "layer": layer_name,
-        "has_masks": "energy_in_mask" in values,
-        "explained_samples": int(pos.numel()),
+        "layer_resolution": list(raw or ()),
+        "method": audit.options.method,
+        "layer": shown.layer,
+        "has_masks": has_masks,
+        "explained_samples": explained,
         "overall": overall,
-        "faithfulness": faith,
-        "randomisation": randomisation,
-        "fixed_region": region,
-        "mean_map_file": "attention_mean.png",
     }
 
-    pair_rows = [
+
+def _pair_rows(
+    audit: _Audit, pairs: list[PairSelection], shown: _Shown, n_errors: int
+) -> list[dict[str, Any]]:
+    names, labels = audit.names, audit.result.labels
+    return [
         {
             "rank": p.rank,
             "true_id": p.true_id,
@@ -477,169 +388,60 @@ def _audit_into(
             "pred_id": p.pred_id,
             "pred_name": names[p.pred_id],
             "count": p.count,
-            "share_of_true_class": p.count / max(1, int((result.labels == p.true_id).sum())),
+            "share_of_true_class": p.count / max(1, int((labels == p.true_id).sum())),
             "share_of_errors": p.count / max(1, n_errors),
-            "panel": pair_files.get(p.rank, ""),
+            "panel": shown.pair_files.get(p.rank, ""),
+            "samples": [audit.sample(pos, "example") for pos in p.positions]
+            if p.rank in shown.pair_files
+            else [],
         }
         for p in pairs
     ]
+
+
+def _report(
+    audit: _Audit,
+    selections: dict[int, ClassSelection],
+    pairs: list[PairSelection],
+    shown: _Shown,
+    by_class: dict[int, dict[str, Any]],
+    attention: dict[str, Any],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    result = audit.result
+    classes = per_class(result, audit.classes, audit.names)
+    for row in classes:
+        sel = selections[row["id"]]
+        row["attention"] = by_class[row["id"]]
+        row["panel"] = shown.panels.get(row["id"], "")
+        row["samples"] = [audit.sample(p, "best") for p in sel.best] + [
+            audit.sample(p, "worst") for p in sel.worst
+        ]
+    cal = calibration(result)
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "split": split,
+        "split": audit.split,
         "num_samples": len(result),
-        "num_classes": len(names),
-        "class_names": names,
-        "classes_audited": classes,
+        "num_classes": len(audit.names),
+        "class_names": audit.names,
+        "classes_audited": audit.classes,
         "accuracy": result.accuracy,
-        "mean_loss": _mean(result.loss),
-        "calibration": calibration,
-        "per_class": per_class,
-        "confused_pairs": pair_rows,
-        "confusion_matrix": cm.tolist(),
+        "mean_loss": mean(result.loss),
+        "calibration": cal,
+        "per_class": classes,
+        "confused_pairs": _pair_rows(audit, pairs, shown, cal["errors"]),
+        "confusion_matrix": result.confusion_matrix().tolist(),
         "attention": attention,
-        **options.extra,
+        "training_settings": settings,
+        **audit.options.extra,
     }
     report["recommendations"] = recommendations.recommend(report)
-    if options.compare_to:
-        from lit_explain.audit.compare import compare_reports
-
-        report["compare"] = compare_reports(report, tmp, options.compare_to)
-    timing["aggregate_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _write_files(tmp, report, cm, names, classes)
-    timing["files_s"] = time.perf_counter() - t
     return report
 
 
-def _write_files(tmp: Path, report: dict[str, Any], cm: Tensor, names: list[str], classes: list[int]) -> None:
-    per_class = report["per_class"]
-    write_csv(
-        tmp / "per_class_accuracy.csv",
-        fields=[
-            "class_id",
-            "class_name",
-            "accuracy",
-            "support",
-            "correct",
-            "mean_confidence",
-            "most_confused_with",
-            "most_confused_count",
-        ],
-        rows=[
-            [
-                r["id"],
-                r["name"],
-                r["accuracy"],
-                r["support"],
-                r["correct"],
-                r["mean_confidence"],
-                r["most_confused_with"],
-                r["most_confused_count"],
-            ]
-            for r in per_class
-        ],
-    )
-    pairs = report["confused_pairs"]
-    write_csv(
-        tmp / "most_confused_pairs.csv",
-        fields=["rank", "true_id", "true_name", "pred_id", "pred_name", "count", "share_of_true_class"],
-        rows=[
-            [
-                p["rank"],
-                p["true_id"],
-                p["true_name"],
-                p["pred_id"],
-                p["pred_name"],
-                p["count"],
-                p["share_of_true_class"],
-            ]
-            for p in pairs
-        ],
-    )
-    _figure(
-        tmp / "confusion_matrix_full.png",
-        confusion_matrix_figure(cm, names, normalize=True, title=f"Confusion matrix ({report['split']})"),
-    )
-    acc = torch.tensor([r["accuracy"] for r in per_class], dtype=torch.float64)
-    _figure(tmp / "per_class_accuracy.png", per_class_accuracy_figure(acc, [r["name"] for r in per_class]))
-    named = name_pairs([(p["true_id"], p["pred_id"], p["count"]) for p in pairs], names)
-    _figure(
-        tmp / "top_confused_pairs.png",
-        confused_pairs_figure(
-            named or [("(none)", "(none)", 0)], title="Most confused pairs (true -> predicted)"
-        ),
-    )
-    if "compare" in report:
-        from lit_explain.audit.compare import write_compare_files
+def audit_checkpoint(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """See :func:`lit_explain.audit.checkpoint.audit_checkpoint` (kept importable from here)."""
+    from lit_explain.audit.checkpoint import audit_checkpoint as _audit_checkpoint
 
-        write_compare_files(tmp, report["compare"])
-    (tmp / "recommendations.txt").write_text(
-        recommendations.as_text(report["recommendations"]), encoding="utf-8"
-    )
-    (tmp / "analysis_summary.txt").write_text(html.summary_text(report), encoding="utf-8")
-    (tmp / "per_class_accuracy_interactive.html").write_text(html.accuracy_page(report), encoding="utf-8")
-    (tmp / "index.html").write_text(html.index_page(report), encoding="utf-8")
-
-
-def default_output(ckpt_path: str | Path, split: str) -> Path:
-    """``<checkpoint dir>/<checkpoint stem>_audit_<split>``: the report next to its checkpoint."""
-    ckpt_path = Path(ckpt_path)
-    return ckpt_path.parent / f"{ckpt_path.stem}_audit_{split}"
-
-
-def audit_checkpoint(
-    ckpt_path: str | Path,
-    output: str | Path | None = None,
-    options: AuditOptions | None = None,
-    *,
-    data_config: str | Path | None = None,
-    data_overrides: Mapping[str, Any] | None = None,
-    datamodule: ExplainableDataModule | None = None,
-    backbone: str | None = None,
-    device: str | None = None,
-) -> dict[str, Any]:
-    """Audit a checkpoint on the data it was trained on (or ``datamodule`` / ``data_config``).
-
-    Example:
-        >>> report = audit_checkpoint("lightning_logs/shapes_demo/version_0/checkpoints/last.ckpt",
-        ...                           options=AuditOptions(split="val"))          # doctest: +SKIP
-        >>> report["accuracy"], report["path"]                                  # doctest: +SKIP
-    """
-    from lit_explain.audit.source import build_datamodule, check_fits, data_spec, load_model
-    from lit_explain.models.loading import read_checkpoint
-
-    options = options or AuditOptions()
-    options.validate()
-    output = Path(output) if output is not None else default_output(ckpt_path, options.split)
-    # Refuse before the (long) sweep, not only at the end.
-    AtomicReportDir(output, overwrite=options.overwrite, kind="audit").check()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(ckpt_path, map_location=device, backbone=backbone)
-    spec = None
-    if datamodule is None:
-        spec = data_spec(ckpt_path, data_config, data_overrides)
-        datamodule = build_datamodule(spec)
-    check_fits(model, datamodule, ckpt_path)
-    meta: dict[str, Any] = {}
-    if str(ckpt_path).endswith(".ckpt"):
-        ckpt = read_checkpoint(ckpt_path)
-        meta = dict((ckpt.get("lit_explain") or {}).get("metrics") or {})
-        meta_epoch = (ckpt.get("lit_explain") or {}).get("epoch", ckpt.get("epoch"))
-    else:
-        meta_epoch = None
-    options.extra = {
-        **options.extra,
-        "checkpoint": str(ckpt_path),
-        "checkpoint_epoch": meta_epoch,
-        "checkpoint_metrics": meta,
-        "backbone": model.hparams.get("backbone"),
-        "data": {"class_path": spec["class_path"], "init_args": spec["init_args"], "source": spec["source"]}
-        if spec
-        else {
-            "class_path": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
-            "source": "given",
-        },
-    }
-    return run_audit(model, datamodule, output, options, device=device)
+    return _audit_checkpoint(*args, **kwargs)

@@ -240,8 +240,11 @@ def test_clean_stale_removes_only_dead_lit_explain_temporaries(tmp_path: Path) -
     live = _fake_temp(tmp_path, f".r.tmp-{alive}-abcd", alive)
     unmarked = _fake_temp(tmp_path, f".r.tmp-{dead}-beef", dead, marker=False)
     lookalike = _fake_temp(tmp_path, ".r.tmp-xyz", dead)
-    assert clean_stale(tmp_path) == [stale]
-    assert not stale.exists() and live.is_dir() and unmarked.is_dir() and lookalike.is_dir()
+    empty = tmp_path / f".r.tmp-{dead}-0123"  # killed between mkdir and writing the marker
+    empty.mkdir()
+    assert sorted(clean_stale(tmp_path)) == sorted([stale, empty])
+    assert not stale.exists() and not empty.exists()
+    assert live.is_dir() and unmarked.is_dir() and lookalike.is_dir()  # not ours, or not dead
 
 
 def test_clean_stale_restores_a_report_moved_aside(tmp_path: Path) -> None:

@@ -1,0 +1,82 @@
+"""Audit a checkpoint file: load the model and its data, record where they came from, run the audit."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lit_explain.audit.options import AuditOptions, default_output
+from lit_explain.audit.run import run_audit
+from lit_explain.data.base import ExplainableDataModule
+from lit_explain.outputs import AtomicReportDir
+
+DEFAULT_DEVICE = "cpu"  # the same default as explain and serve; pass device="cuda" (--device cuda) for a GPU
+
+
+def audit_checkpoint(
+    ckpt_path: str | Path,
+    output: str | Path | None = None,
+    options: AuditOptions | None = None,
+    *,
+    data_config: str | Path | None = None,
+    data_overrides: Mapping[str, Any] | None = None,
+    datamodule: ExplainableDataModule | None = None,
+    backbone: str | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Audit a checkpoint on the data it was trained on (or ``datamodule`` / ``data_config``).
+
+    ``options`` is not modified (its ``extra`` is copied before the provenance is added).
+
+    Example:
+        >>> report = audit_checkpoint("lightning_logs/shapes_demo/version_0/checkpoints/last.ckpt",
+        ...                           options=AuditOptions(split="val"))          # doctest: +SKIP
+        >>> report["accuracy"], report["path"]                                  # doctest: +SKIP
+    """
+    from lit_explain.audit.source import build_datamodule, check_fits, data_spec, load_model
+
+    options = options or AuditOptions()
+    options.validate()
+    output = Path(output) if output is not None else default_output(ckpt_path, options.split)
+    # Refuse a bad --output before the (long) sweep, not only at the end.
+    AtomicReportDir(output, overwrite=options.overwrite, kind="audit").check()
+    device = device or DEFAULT_DEVICE
+    model = load_model(ckpt_path, map_location=device, backbone=backbone)
+    spec = None
+    if datamodule is None:
+        spec = data_spec(ckpt_path, data_config, data_overrides)
+        datamodule = build_datamodule(spec)
+    check_fits(model, datamodule, ckpt_path)
+    extra = {**options.extra, **_provenance(ckpt_path, model, datamodule, spec)}
+    return run_audit(model, datamodule, output, dataclasses.replace(options, extra=extra), device=device)
+
+
+def _provenance(
+    ckpt_path: str | Path, model: Any, datamodule: ExplainableDataModule, spec: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Which checkpoint, epoch, metrics, backbone and data the report is about."""
+    from lit_explain.models.loading import read_checkpoint
+
+    meta: dict[str, Any] = {}
+    epoch = None
+    if str(ckpt_path).endswith(".ckpt"):
+        ckpt = read_checkpoint(ckpt_path)
+        extra = ckpt.get("lit_explain") or {}
+        meta = dict(extra.get("metrics") or {})
+        epoch = extra.get("epoch", ckpt.get("epoch"))
+    if spec:
+        data = {"class_path": spec["class_path"], "init_args": spec["init_args"], "source": spec["source"]}
+    else:
+        data = {
+            "class_path": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
+            "source": "given",
+        }
+    return {
+        "checkpoint": str(ckpt_path),
+        "checkpoint_epoch": epoch,
+        "checkpoint_metrics": meta,
+        "backbone": model.hparams.get("backbone"),
+        "data": data,
+    }

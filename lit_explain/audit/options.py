@@ -1,0 +1,89 @@
+"""The audit's settings and their validation: what the CLI flags and the callback's arguments become."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lit_explain.errors import ConfigError
+from lit_explain.explain import METHODS
+
+
+@dataclass
+class AuditOptions:
+    """Settings of one audit (the CLI flags of ``python -m lit_explain audit``).
+
+    Example:
+        >>> AuditOptions(split="test", method="gradcam++", max_samples=2000)
+    """
+
+    split: str = "val"
+    layer: str | None = None
+    method: str = "gradcam"
+    classes: Sequence[int | str] | None = None
+    max_samples: int | None = None
+    batch_size: int = 256
+    cam_batch_size: int = 64
+    num_workers: int = 0
+    best_per_class: int = 3
+    worst_per_class: int = 5
+    top_pairs: int = 15
+    pair_panels: int = 5
+    pair_examples: int = 6
+    probe_per_class: int = 2
+    quality_samples: int = 32
+    faithfulness_steps: int = 10
+    progress: bool = True
+    overwrite: bool = False
+    compare_to: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # provenance written into report.json
+
+    def validate(self) -> None:
+        """Raise :class:`~lit_explain.errors.ConfigError` naming the first invalid setting."""
+        if self.method not in METHODS:
+            raise ConfigError(f"--method {self.method!r} is not known; choose one of {', '.join(METHODS)}")
+        for name in ("batch_size", "cam_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"--max_samples must be >= 1, got {self.max_samples}")
+        if self.quality_samples < 0 or self.faithfulness_steps < 1:
+            raise ConfigError("--quality_samples must be >= 0 and --faithfulness_steps >= 1")
+
+
+def resolve_classes(classes: Sequence[int | str] | None, class_names: Sequence[str]) -> list[int]:
+    """Class ids from ids or names (``["3", "cat"]``); all classes when None.
+
+    Example:
+        >>> resolve_classes(["cat", 0], ["dog", "cat"])
+        [0, 1]
+    """
+    if not classes:
+        return list(range(len(class_names)))
+    lookup = {name: i for i, name in enumerate(class_names)}
+    chosen = []
+    for c in classes:
+        text = str(c)
+        if text in lookup:
+            chosen.append(lookup[text])
+        elif text.lstrip("-").isdigit() and 0 <= int(text) < len(class_names):
+            chosen.append(int(text))
+        else:
+            shown = ", ".join(list(class_names)[:12]) + (", ..." if len(class_names) > 12 else "")
+            raise ConfigError(
+                f"--classes: {text!r} is neither a class name nor an id 0..{len(class_names) - 1} ({shown})"
+            )
+    return sorted(set(chosen))
+
+
+def default_output(ckpt_path: str | Path, split: str) -> Path:
+    """``<checkpoint dir>/<checkpoint stem>_audit_<split>``: the report next to its checkpoint.
+
+    Example:
+        >>> default_output("runs/v0/checkpoints/best.ckpt", "val").as_posix()
+        'runs/v0/checkpoints/best_audit_val'
+    """
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.parent / f"{ckpt_path.stem}_audit_{split}"

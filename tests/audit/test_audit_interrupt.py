@@ -1,0 +1,119 @@
+"""An interrupted or impossible audit leaves nothing behind and says so in one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lit_explain.audit.cli import main
+from lit_explain.outputs import MARKER
+
+FAST = ["--max_samples", "8", "--quality_samples", "0", "--cam_batch_size", "8", "--progress", "false"]
+
+
+def _start(ckpt: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lit_explain", "audit", "--ckpt_path", str(ckpt), "--output", str(out), *FAST],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _temporaries(parent: Path) -> list[Path]:
+    return sorted(parent.glob(".report.tmp-*"))
+
+
+def _wait_for_temporary(proc: subprocess.Popen, parent: Path, timeout: float = 240) -> Path:
+    """The audit's temporary report folder, as soon as it exists (the audit is then mid-run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in _temporaries(parent) if (p / MARKER).is_file()]
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            pytest.fail(f"the audit ended (rc {proc.returncode}) before its temporary folder was seen")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail("the audit never created its temporary folder")
+
+
+def test_kill_9_leftovers_are_cleaned_by_the_next_run(shapes_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    proc = _start(shapes_checkpoint, out)
+    stale = _wait_for_temporary(proc, tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert stale.is_dir() and not out.exists()  # what kill -9 leaves: a temporary folder, no report
+    assert str(proc.pid) in stale.name
+    assert main(["--ckpt_path", str(shapes_checkpoint), "--output", str(out), *FAST]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # the stale folder is gone
+
+
+def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(shapes_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    proc = _start(shapes_checkpoint, out)
+    _wait_for_temporary(proc, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "audit interrupted; no report written"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_temporary_folder_of_a_live_run_is_left_alone(tmp_path: Path) -> None:
+    from lit_explain.outputs import AtomicReportDir, clean_stale
+
+    with AtomicReportDir(tmp_path / "report") as tmp:
+        # Another process (here: a child that cannot be this one) looks at the folder while we write.
+        code = f"from lit_explain.outputs import clean_stale; print(len(clean_stale({str(tmp_path)!r})))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "0", done.stderr
+        assert tmp.is_dir()
+        assert clean_stale(tmp_path) == []
+
+
+def test_unwritable_destinations_give_one_line(
+    shapes_checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    real_mkdir = Path.mkdir
+
+    def read_only(self: Path, *args, **kwargs) -> None:
+        if self.name.startswith(".report.tmp-"):
+            raise PermissionError(13, "Permission denied")
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main(["--ckpt_path", str(shapes_checkpoint), "--output", str(tmp_path / "report"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"error: cannot write the report {tmp_path / 'report'}: {tmp_path} is not writable "
+        "(Permission denied); choose another output location\n"
+    )
+    monkeypatch.undo()
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["--ckpt_path", str(shapes_checkpoint), "--output", str(blocker / "report"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "afile is a file, not a folder" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_parent_gives_one_line(shapes_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        assert main(["--ckpt_path", str(shapes_checkpoint), "--output", str(parent / "report"), *FAST]) == 2
+    finally:
+        parent.chmod(0o700)
+    err = capsys.readouterr().err
+    assert "is not writable" in err and err.count("\n") == 1
