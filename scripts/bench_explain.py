@@ -1,7 +1,7 @@
 """Benchmark lit_explain's explanation engine against pytorch-grad-cam, captum, torchcam and the floor.
 
-One run: the same model (resnet18, random init, eval), the same batch and the same targets for every
-implementation. Timings are the median of ``--repeats`` calls after ``--warmup`` calls, with the
+One run: the same model (resnet18, or with ``--model vit_small_patch16_224`` a timm ViT; random init,
+eval), the same batch and the same targets for every implementation. Timings are the median of ``--repeats`` calls after ``--warmup`` calls, with the
 implementations interleaved within each repeat so that background load spreads evenly over them.
 "floor" is the least work the result needs, written inline with no safety at all:
 
@@ -9,6 +9,10 @@ implementations interleaved within each repeat so that background load spreads e
   logits to the activation + the CAM arithmetic (weights, weighted sum, ReLU, upsample, min-max).
 - Guided floor: one forward + one input-gradient backward (plain ReLU backward), plus, for Guided
   Grad-CAM, the layer gradient from the same graph and the CAM arithmetic and product.
+- ViT (``--model vit_small_patch16_224``): Grad-CAM at the layer ``layer=None`` picks
+  (``blocks.11.norm1``), its floor as above with the token reshape (drop the class token, fold onto
+  the 14x14 grid); gradient rollout's floor is one forward (timm's default fused attention) + one
+  ``torch.autograd.grad`` of the summed target logits to the input (no parameter gradients).
 
 Peak memory is the extra memory of one call over what was in use before it: on CUDA from
 ``torch.cuda.max_memory_allocated``; on CPU from the process's peak resident set (VmHWM, reset through
@@ -17,6 +21,7 @@ blocks to the system at once (MALLOC_MMAP_THRESHOLD_) so that resident memory fo
 
 Usage:
     python scripts/bench_explain.py --batch 32 --size 224 --repeats 5 --device cpu
+    python scripts/bench_explain.py --model vit_small_patch16_224 --batch 16 --repeats 5 --no-memory
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import copy
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -41,9 +47,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet18
 
-from lit_explain.explain import cam, guided_backprop, guided_gradcam
+from lit_explain.explain import attention_rollout, cam, guided_backprop, guided_gradcam
 
 LAYER = "layer4"
+VIT_LAYER = "blocks.11.norm1"
 
 
 def _minmax(m: Tensor) -> Tensor:
@@ -87,6 +94,66 @@ def floor_guided_gradcam(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
     g_act, g_in = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), [store["a"], x])
     with torch.no_grad():
         return g_in * _cam_arithmetic(store["a"], g_act, x.shape[-2:])
+
+
+def _tokens_to_grid(tokens: Tensor, prefix: int) -> Tensor:
+    b, n, c = tokens.shape
+    side = math.isqrt(n - prefix)
+    return tokens[:, prefix:].reshape(b, side, side, c).permute(0, 3, 1, 2)
+
+
+def floor_vit_gradcam(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+    store: dict[str, Tensor] = {}
+    layer = model.blocks[-1].norm1
+    handle = layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), store["a"])
+    with torch.no_grad():
+        prefix = model.num_prefix_tokens
+        act, grad = _tokens_to_grid(store["a"], prefix), _tokens_to_grid(grad, prefix)
+        return _cam_arithmetic(act, grad, x.shape[-2:])
+
+
+def floor_forward_backward(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, t[:, None]).sum(), x)
+    return grad
+
+
+def build_vit_impls(model: nn.Module, x: Tensor, t: Tensor) -> dict[str, dict[str, Callable[[], object]]]:
+    """{group: {implementation: zero-argument call}} for a timm ViT."""
+    from pytorch_grad_cam import GradCAM as PgcGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    prefix = model.num_prefix_tokens
+    targets = t.tolist()
+
+    def pgc_gradcam():
+        with PgcGradCAM(
+            model=model,
+            target_layers=[model.blocks[-1].norm1],
+            reshape_transform=lambda a: _tokens_to_grid(a, prefix),
+        ) as extractor:
+            return extractor(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in targets])
+
+    return {
+        "Grad-CAM": {
+            "floor": lambda: floor_vit_gradcam(model, x, t),
+            "lit_explain": lambda: cam(model, x, targets=t),
+            "pytorch-grad-cam": pgc_gradcam,
+        },
+        "Gradient rollout": {
+            "floor": lambda: floor_forward_backward(model, x, t),
+            "lit_explain": lambda: attention_rollout(model, x, targets=t, method="gradient_rollout"),
+        },
+        "Rollout": {
+            "floor": lambda: floor_forward_backward(model, x, t),
+            "lit_explain": lambda: attention_rollout(model, x, targets=t, method="rollout"),
+        },
+    }
 
 
 def build_impls(
@@ -211,7 +278,16 @@ def memory_in_subprocess(args: argparse.Namespace, group: str, name: str) -> flo
 
 
 def _passthrough(args: argparse.Namespace) -> list[str]:
-    out = ["--batch", str(args.batch), "--size", str(args.size), "--device", args.device]
+    out = [
+        "--batch",
+        str(args.batch),
+        "--size",
+        str(args.size),
+        "--device",
+        args.device,
+        "--model",
+        args.model,
+    ]
     out += ["--threads", str(args.threads)]
     return out + ([] if args.loops else ["--no-loops"])
 
@@ -220,7 +296,12 @@ def setup(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, torch.de
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = resnet18().eval().to(device)
+    if args.model == "resnet18":
+        model = resnet18().eval().to(device)
+    else:
+        import timm
+
+        model = timm.create_model(args.model, pretrained=False, img_size=args.size).eval().to(device)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(
         device
     )
@@ -232,6 +313,9 @@ def setup(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, torch.de
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="resnet18", help="resnet18, or a timm ViT such as vit_small_patch16_224"
     )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
@@ -247,7 +331,9 @@ def main() -> None:
     load_before = os.getloadavg()[0]
 
     model, x, t, device = setup(args)
-    groups = build_impls(model, x, t, args.loops)
+    groups = (
+        build_impls(model, x, t, args.loops) if args.model == "resnet18" else build_vit_impls(model, x, t)
+    )
     if args.memory_of:
         group, name = args.memory_of.split("::", 1)
         print(json.dumps({"bytes": measure_memory(groups[group][name], device)}))
@@ -262,14 +348,19 @@ def main() -> None:
             for name in impls:
                 memory[(group, name)] = memory_in_subprocess(args, group, name)
 
-    act_bytes = 4 * args.batch * 512 * (-(-args.size // 32)) ** 2
+    vit = args.model != "resnet18"
+    channels, stride = (model.embed_dim, model.patch_embed.patch_size[0]) if vit else (512, 32)
+    act_bytes = 4 * args.batch * channels * (-(-args.size // stride)) ** 2
     print(f"command: python scripts/bench_explain.py {' '.join(sys.argv[1:])}")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, {args.threads} threads, device {device}, "
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
-    print(f"resnet18 random init, eval, batch {args.batch}, {args.size}x{args.size}, layer {LAYER}; ")
+    print(
+        f"{args.model} random init, eval, batch {args.batch}, {args.size}x{args.size}, "
+        f"layer {VIT_LAYER if vit else LAYER}; "
+    )
     print(
         f"median of {args.repeats} after {args.warmup} warm-up; layer activation + gradient = "
         f"{2 * act_bytes / 2**20:.1f} MiB\n"
