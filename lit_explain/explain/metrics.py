@@ -121,8 +121,11 @@ def perturbation_curve(
     first, rest = (base, x) if mode == "deletion" else (x, base)
     out = torch.empty(b * (steps + 1), dtype=torch.float32, device=x.device)
     with eval_mode(model), torch.no_grad():
-        # Given targets are checked against the class count with a one-image forward.
-        logits = net(x) if targets is None else net(x[:1]).expand(b, -1)
+        # Given targets are checked against the class count with a one-image forward; predicted targets
+        # need every image's logits, computed chunk_size images at a time like the perturbed batches.
+        logits = (
+            torch.cat([net(c) for c in x.split(chunk_size)]) if targets is None else net(x[:1]).expand(b, -1)
+        )
         chosen = resolve_targets(targets, logits)
         img_of = torch.arange(b, device=x.device).repeat_interleave(steps + 1)
         step_of = torch.arange(steps + 1, device=x.device).repeat(b)

@@ -10,9 +10,11 @@ import torch
 from explain_helpers import SIZE
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread() -> Iterator[None]:
-    # The machine's 2 cores are shared; one thread avoids oversubscription stalls and keeps runs steady.
+@pytest.fixture(autouse=True)
+def _torch_threads() -> Iterator[None]:
+    # Same name as tests/conftest.py's per-test fixture (2 threads), so this one replaces it here: a
+    # session-scoped fixture ran once and was then overridden before every test. The machine's 2 cores
+    # are shared; one thread avoids oversubscription stalls and keeps runs steady.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

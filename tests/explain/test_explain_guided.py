@@ -41,8 +41,13 @@ class ReluZoo(nn.Module):
         return self.fc(z.mean(dim=(2, 3)))
 
 
-def reference_guided(model: ReluZoo, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Guided backprop built independently: out-of-place relus whose output gradient is clamped at 0."""
+def reference_guided(
+    model: ReluZoo, x: torch.Tensor, targets: torch.Tensor, score: str = "logit"
+) -> torch.Tensor:
+    """Guided backprop built independently: out-of-place relus whose output gradient is clamped at 0.
+
+    ``score="prob"`` differentiates the softmax probability of the target instead of its logit.
+    """
 
     def g(t: torch.Tensor) -> torch.Tensor:
         out = torch.relu(t)
@@ -58,7 +63,8 @@ def reference_guided(model: ReluZoo, x: torch.Tensor, targets: torch.Tensor) -> 
     z = g(c[6](z) + y)
     z = g(c[8](g(c[7](z))))
     logits = model.fc(z.mean(dim=(2, 3)))
-    (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), x)
+    scores = logits.softmax(dim=1) if score == "prob" else logits
+    (grad,) = torch.autograd.grad(scores.gather(1, targets[:, None]).sum(), x)
     return grad
 
 
@@ -148,9 +154,17 @@ def test_guided_gradcam_with_other_methods(zoo: ReluZoo, method: str) -> None:
 
 def test_probability_score(zoo: ReluZoo) -> None:
     x = torch.randn(2, 3, 11, 9)
-    ours = guided_backprop(zoo, x, targets=[1, 2], score="prob")
+    targets = torch.tensor([1, 2])
+    ours = guided_backprop(zoo, x, targets=targets, score="prob")
+    # The softmax has no relu: the seed d p_t / d logits = p_t (onehot_t - p) enters the guided relus,
+    # so the reference differentiates softmax(logits)[t] through its own clamped relus.
+    expected = reference_guided(zoo, x, targets, score="prob")
+    scale = float(expected.abs().max())
+    assert scale > 1e-6
+    assert float((ours - expected).abs().max()) <= 1e-5 * scale
+    # not the logit's map (scaled by p_t (1 - p_t) and mixed with the other classes' negative seeds)
+    logit = reference_guided(zoo, x, targets)
+    assert float((logit - expected).abs().max()) > 0.1 * scale
     xx = x.clone().requires_grad_(True)
-    # the softmax has no relu, so only the relus' rule differs from a plain gradient
-    assert ours.shape == x.shape and bool(torch.isfinite(ours).all())
     with pytest.raises(ValueError, match="score"):
         guided_backprop(zoo, xx, score="margin")  # type: ignore[arg-type]

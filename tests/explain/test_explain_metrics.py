@@ -108,8 +108,15 @@ def test_curve_endpoints_and_default_baselines(conv_net: nn.Module) -> None:
     full = conv_net(images)[:, 1]
     assert torch.allclose(d[:, 0], full, atol=1e-6) and torch.allclose(i[:, -1], full, atol=1e-6)
     assert torch.allclose(d[:, -1], conv_net(torch.zeros_like(images))[:, 1], atol=1e-6)
-    # insertion starts from a blurred copy: smoother than the image, same mean colour
-    assert not torch.allclose(i[:, 0], full, atol=1e-4)
+    # insertion starts from the RISE baseline: the image blurred by an 11 x 11, sigma-5 Gaussian with
+    # replicated borders, built here as one 2-D kernel (the library uses two separable passes)
+    t = torch.arange(11, dtype=torch.float32) - 5
+    g = torch.exp(-(t**2) / (2 * 5.0**2))
+    kernel = torch.outer(g, g) / torch.outer(g, g).sum()
+    padded = torch.nn.functional.pad(images, (5, 5, 5, 5), mode="replicate")
+    blurred = torch.nn.functional.conv2d(padded, kernel.expand(3, 1, 11, 11), groups=3)
+    assert not torch.allclose(blurred, images, atol=0.1)  # the blur is far from the image itself
+    torch.testing.assert_close(i[:, 0], conv_net(blurred)[:, 1], atol=1e-5, rtol=1e-5)
 
 
 def test_maps_at_another_resolution_are_upsampled(conv_net: nn.Module) -> None:
@@ -195,3 +202,36 @@ def test_metrics_never_return_nan() -> None:
     for value in (energy_pointing_game(zeros, masks), pointing_game(zeros, masks), concentration(zeros)):
         assert bool(torch.isfinite(value).all())
     assert bool(torch.isfinite(drift(zeros, zeros)).all())
+
+
+class LargestBatch(nn.Module):
+    """Wraps a model and records the largest batch it was called with."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.largest = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.largest = max(self.largest, x.shape[0])
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("targets", [None, 1])
+def test_no_forward_exceeds_the_chunk_size(targets) -> None:
+    # predicted targets (None) used to take one forward over the whole batch, whatever chunk_size said
+    net = LargestBatch(RegionNet())
+    images, maps = torch.rand(10, 3, 8, 8), torch.rand(10, 1, 8, 8)
+    for metric in (deletion_auc, insertion_auc):
+        net.largest = 0
+        chunked = metric(net, images, maps, targets, steps=3, chunk_size=4)
+        assert net.largest == 4, metric.__name__
+        torch.testing.assert_close(chunked, metric(net, images, maps, targets, steps=3, chunk_size=1000))
+    net.largest = 0
+    explanation_confidence(net, images, maps, targets, chunk_size=4)
+    assert net.largest == 4
+
+
+def test_explain_tests_run_single_threaded() -> None:
+    # tests/explain/conftest.py asks for one thread; the root conftest's 2-thread fixture must not win.
+    assert torch.get_num_threads() == 1

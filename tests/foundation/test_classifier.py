@@ -130,7 +130,18 @@ def test_training_step_accepts_mixed_soft_labels():
     soft = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.4, 0.6]])
     loss = model.training_step({"image": images, "label": soft}, 0)
     hard = model.training_step({"image": images, "label": torch.tensor([0, 1, 3])}, 0)
-    assert loss.ndim == 0 and torch.isfinite(loss) and not torch.equal(loss, hard)
+    # Independently: cross-entropy against the smoothed distribution q = (1 - eps) * target + eps / C.
+    with torch.no_grad():
+        log_p = model(images).log_softmax(dim=1)  # train mode, batch statistics: the same logits as the step
+
+    def expected(target: torch.Tensor) -> torch.Tensor:
+        q = 0.9 * target + 0.1 / 4
+        return -(q * log_p).sum(dim=1).mean()
+
+    one_hot = torch.nn.functional.one_hot(torch.tensor([0, 1, 3]), 4).float()
+    torch.testing.assert_close(loss.detach(), expected(soft))
+    torch.testing.assert_close(hard.detach(), expected(one_hot))
+    assert abs(float(loss - hard)) > 0.01  # the soft rows count: the two losses are not the same number
 
 
 def test_offline_weights_download_names_the_cache_file(monkeypatch, tmp_path):
