@@ -64,6 +64,8 @@ _OTHER_ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Tanh,
     nn.Sigmoid,
 )
+# Lower-cased class names of activations that libraries define themselves (timm's GELU, Swish...).
+_ACTIVATION_NAMES = frozenset({"gelu", "gelutanh", "quickgelu", "silu", "swish", "mish", "hardswish", "elu"})
 
 # func -> True if the call is in-place (F.relu decides from its ``inplace`` argument).
 _RELUS: dict[object, bool | None] = {
@@ -244,7 +246,13 @@ def guided_gradcam(
 
 
 def _no_relu_error(net: nn.Module) -> NoReluError:
-    kinds = sorted({type(m).__name__ for m in net.modules() if isinstance(m, _OTHER_ACTIVATIONS)})
+    kinds = sorted(
+        {
+            type(m).__name__
+            for m in net.modules()
+            if isinstance(m, _OTHER_ACTIVATIONS) or type(m).__name__.lower() in _ACTIVATION_NAMES
+        }
+    )
     found = f" (its activations: {', '.join(kinds)})" if kinds else ""
     return NoReluError(
         f"guided backprop needs ReLU activations, but {type(net).__name__} ran no relu{found}: the "

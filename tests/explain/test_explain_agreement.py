@@ -34,7 +34,8 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
-from lit_explain.explain import cam, guided_backprop, guided_gradcam, resolve_layer
+from lit_explain.errors import ConfigError
+from lit_explain.explain import NoReluError, cam, guided_backprop, guided_gradcam, resolve_layer
 from lit_explain.explain._common import minmax, upsample
 from lit_explain.explain.cam import eigen_projection
 
@@ -199,3 +200,28 @@ def test_guided_gradcam_parts_match_captum(arch: str, layer: str) -> None:
     rebuilt = ours.backprop * upsample(ours.cam.raw, SIZE)
     assert _max_diff(rebuilt, theirs) <= TOL * max(1.0, float(theirs.abs().max()))
     assert _max_diff(ours.guided, ours.backprop * ours.cam.maps) == 0.0
+
+
+@pytest.mark.parametrize("method", PEERS)
+def test_silu_network_efficientnet_matches_pytorch_grad_cam(method: str) -> None:
+    # EfficientNet-B0: SiLU activations and squeeze-excitation gates, no ReLU anywhere.
+    model, x, targets = shared_model("efficientnet_b0"), _images(2), [1, 5]
+    ours = cam(model, x, layer=LAYERS["efficientnet_b0"], targets=targets, method=method)
+    layer = resolve_layer(model, LAYERS["efficientnet_b0"])[1]
+    with PEERS[method](model=model, target_layers=[layer]) as peer:
+        theirs = peer(input_tensor=x, targets=_peer_targets(targets))
+    assert float(ours.maps.std()) > 0.05
+    assert _max_diff(ours.maps[:, 0], theirs) <= TOL
+
+
+def test_guided_backprop_on_a_silu_network_is_refused_unless_waived() -> None:
+    model, x = shared_model("efficientnet_b0"), _images(2)
+    with pytest.raises(NoReluError, match=r"needs ReLU.*SiLU") as err:
+        guided_backprop(model, x, targets=[1, 5])
+    assert isinstance(err.value, ConfigError)
+    with pytest.raises(NoReluError):
+        guided_gradcam(model, x, layer="features", targets=[1, 5])
+    # waived: the plain input gradient, which is what captum's GuidedBackprop gives without ReLUs
+    ours = guided_backprop(model, x, targets=[1, 5], allow_no_relu=True)
+    theirs = GuidedBackprop(model).attribute(x.clone().requires_grad_(True), target=[1, 5])
+    assert _max_diff(ours, theirs) <= TOL * max(1.0, float(theirs.abs().max()))

@@ -8,7 +8,17 @@ import torch.nn.functional as F
 from explain_helpers import SIZE, shared_model
 from torch import nn
 
-from lit_explain.explain import CAM, CAM_METHODS, METHODS, ROLLOUT_METHODS, CAMResult, ScoreCAM, cam
+from lit_explain.explain import (
+    CAM,
+    CAM_METHODS,
+    METHODS,
+    ROLLOUT_METHODS,
+    CAMResult,
+    ScoreCAM,
+    cam,
+    guided_gradcam,
+)
+from lit_explain.explain.cam import DEFAULT_BATCH_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +42,7 @@ def _reference_maps(raw: torch.Tensor) -> torch.Tensor:
 def test_methods_list() -> None:
     assert CAM_METHODS == ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam"]
     assert ROLLOUT_METHODS == ("rollout", "gradient_rollout")
-    assert METHODS == [*CAM_METHODS, *ROLLOUT_METHODS]
+    assert [*CAM_METHODS, *ROLLOUT_METHODS] == METHODS
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)
@@ -167,3 +177,50 @@ def test_layer_off_the_score_path_is_a_clear_error() -> None:
         cam(TwoHeads(), torch.randn(2, 3, 8, 8), layer="unused")
     with pytest.raises(RuntimeError, match="did not run"):
         cam(TwoHeads(), torch.randn(2, 3, 8, 8), layer="tuple_out")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
+def test_large_batches_are_explained_in_slices_with_the_same_result(model: nn.Module, method: str) -> None:
+    x = torch.randn(5, 3, 48, 40, generator=torch.Generator().manual_seed(6))
+    targets = [4, 0, 9, 1, 2]
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        sliced = cam(model, x, layer="layer3", targets=targets, method=method, batch_size=2)
+        assert seen == [2, 2, 1]  # memory is bounded by two images' activations
+        seen.clear()
+        argmax = cam(model, x, layer="layer3", method=method, batch_size=3)
+        assert seen == [3, 2]
+    finally:
+        handle.remove()
+    whole = cam(model, x, layer="layer3", targets=targets, method=method, batch_size=None)
+    assert sliced.targets.tolist() == targets and torch.equal(argmax.targets, whole.logits.argmax(1))
+    # same maps; only float32 rounding of batch-size-dependent conv kernels may differ
+    assert float((sliced.maps - whole.maps).abs().max()) <= 1e-5
+    assert float((sliced.raw - whole.raw).abs().max()) <= 1e-5 * float(whole.raw.abs().max())
+    assert torch.allclose(sliced.logits, whole.logits, atol=1e-5)
+
+
+def test_the_default_batch_size_bounds_a_large_batch(model: nn.Module) -> None:
+    x = torch.randn(DEFAULT_BATCH_SIZE + 3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        sliced = cam(model, x, layer="layer2", targets=1)
+        guided = guided_gradcam(model, x[:5], layer="layer2", targets=[1, 2, 3, 4, 5], batch_size=2)
+    finally:
+        handle.remove()
+    assert seen == [DEFAULT_BATCH_SIZE, 3, 2, 2, 1]
+    whole = guided_gradcam(model, x[:5], layer="layer2", targets=[1, 2, 3, 4, 5], batch_size=None)
+    assert float((guided.guided - whole.guided).abs().max()) <= 1e-5 * float(whole.guided.abs().max())
+    assert (
+        float((sliced.maps - cam(model, x, layer="layer2", targets=1, batch_size=None).maps).abs().max())
+        <= 1e-5
+    )
+
+
+def test_slicing_checks_targets_and_batch_size(model: nn.Module, x: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="got 2 targets for a batch of 3"):
+        cam(model, x, layer="layer4", targets=[1, 2], batch_size=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        cam(model, x, layer="layer4", batch_size=0)

@@ -117,14 +117,17 @@ def test_targets_that_are_inference_tensors(which: str) -> None:
     assert torch.equal(got, expected)
 
 
-def test_autocast_bf16_gives_float32_maps() -> None:
-    model = make_model("resnet18")
+def test_autocast_bf16_gives_float32_maps_and_leaves_the_model_unchanged() -> None:
+    model = messy_resnet()
     x = _x()
     plain = cam(model, x, layer="layer4", targets=[1, 2])
+    before = snapshot(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         r = cam(model, x, layer="layer4", targets=[1, 2])
         gb = guided_gradcam(model, x, layer="layer4", targets=[1, 2])
         sc = cam(model, x[:, :, :24, :20], layer="layer1.0.conv1", method="scorecam", chunk_size=64)
+        assert torch.is_autocast_enabled("cpu")  # the caller's autocast region is intact
+    assert_unchanged(before, snapshot(model))  # flags, hooks, .grad, BatchNorm stats, parameters
     for t in (r.maps, r.raw, gb.guided, gb.backprop, sc.maps):
         assert t.dtype == torch.float32 and bool(torch.isfinite(t).all())
     assert float(r.maps.min()) >= 0.0 and float(r.maps.max()) <= 1.0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformer_helpers as th
+from explain_helpers import assert_unchanged, snapshot
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
@@ -24,9 +25,12 @@ from lit_explain.explain import (
     CAM_METHODS,
     LayerNotFoundError,
     Layout,
+    NoReluError,
     ZeroGradientError,
     cam,
     family_layer,
+    guided_backprop,
+    guided_gradcam,
     resolve_layer,
 )
 from lit_explain.explain.layouts import detect_layout
@@ -223,3 +227,24 @@ def test_layouts_move_the_right_elements() -> None:
     assert grid.shape == (2, 3, 2, 3) and torch.equal(grid[1, 2, 1, 0], tokens[1, 1 + 1 * 3 + 0, 2])
     nhwc = torch.randn(2, 4, 5, 6)
     assert torch.equal(Layout("nhwc")(nhwc)[1, 3, 2, 4], nhwc[1, 2, 4, 3])
+
+
+@pytest.mark.parametrize("key", ["vit", "convnext"])
+def test_guided_backprop_on_gelu_networks_names_the_reason(key: str) -> None:
+    model, x = th.shared(key), th.images(key)
+    before = snapshot(model)
+    with pytest.raises(NoReluError, match=r"ran no relu \(its activations: GELU\)"):
+        guided_gradcam(model, x, targets=TARGETS)
+    assert_unchanged(before, snapshot(model))
+    plain = guided_backprop(model, x, targets=TARGETS, allow_no_relu=True)
+    xg = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(model(xg)[[0, 1], TARGETS].sum(), xg)
+    assert torch.allclose(plain, expected, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_chunked_transformer_explanations_equal_one_pass() -> None:
+    model, x = th.shared("vit"), th.images("vit", batch=3)
+    for method in ("gradcam", "gradient_rollout"):
+        whole = cam(model, x, targets=[1, 5, 7], method=method, batch_size=None)
+        sliced = cam(model, x, targets=[1, 5, 7], method=method, batch_size=2)
+        assert float((whole.maps - sliced.maps).abs().max()) <= 1e-5, method
