@@ -159,11 +159,10 @@ class Preprocessor:
 
         Lets a caller budget memory before :meth:`__call__` (``info.decoded_pixels``).
         """
+        name = _message_name(source)
         if isinstance(source, (np.ndarray, torch.Tensor)):
-            return ImageInfo(
-                tuple(reversed(source.shape[-2:])), "array", None, tuple(reversed(source.shape[-2:]))
-            )
-        return probe_image(source, self.input_size, name=_message_name(source))
+            source = _as_pil(source, name)  # numpy is [H, W(, C)], torch [C, H, W]: one rule for both
+        return probe_image(source, self.input_size, name=name)
 
     def __call__(self, source: ImageSource, name: str | None = None) -> Prepared:
         """Decode ``source`` and return the normalised model input.

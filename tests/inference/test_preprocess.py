@@ -105,3 +105,16 @@ def test_cmyk_jpeg(tmp_path):
         torch.testing.assert_close(
             Preprocessor((8, 8), mean=[0.0] * 3, std=[1.0] * 3)(image.copy()).tensor, prepared.tensor
         )
+
+
+def test_probe_reports_sizes_without_decoding(tmp_path):
+    import numpy as np
+
+    prep = Preprocessor((32, 32), mean=[0.5] * 3, std=[0.25] * 3)
+    Image.new("RGB", (900, 300), (10, 20, 30)).save(tmp_path / "wide.jpg")
+    info = prep.probe(tmp_path / "wide.jpg")
+    # 2 x 32 = 64 px kept on each side: libjpeg's 1/4 scale (225 x 75) is the smallest that does
+    assert (info.size, info.decoded_size, info.mode, info.format) == ((900, 300), (225, 75), "RGB", "JPEG")
+    assert prep.probe((tmp_path / "wide.jpg").read_bytes()).decoded_pixels == 225 * 75
+    assert prep.probe(np.zeros((30, 40, 3), np.uint8)).size == (40, 30)
+    assert prep.probe(torch.zeros(3, 30, 40)).size == (40, 30)
