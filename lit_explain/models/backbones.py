@@ -1,10 +1,12 @@
 """Backbone factories: any torchvision classification model by name, with a new head, input channels,
-an optional CIFAR stem and optional pretrained weights (torchvision's weights API or a local file)."""
+an optional CIFAR stem and optional pretrained weights (torchvision's weights API or a local file), and
+any timm model as ``timm:NAME`` (see :mod:`lit_explain.models.timm_backbones`)."""
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 from urllib.parse import urlparse
 
@@ -13,6 +15,7 @@ import torchvision
 from torch import nn
 
 from lit_explain.errors import ConfigError
+from lit_explain.models.timm_backbones import build_timm_backbone, is_timm, timm_head_names
 
 
 def available_backbones() -> list[str]:
@@ -27,7 +30,7 @@ def _check_name(name: str) -> None:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(
             f"model.backbone={name!r} is not a torchvision classification model.{hint} "
-            f"Valid choices: {', '.join(names)}"
+            f"Valid choices: {', '.join(names)}; or any timm model as timm:NAME (timm:vit_tiny_patch16_224)"
         )
 
 
@@ -36,12 +39,34 @@ def _parent_and_attr(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), attr
 
 
-def classifier_head_name(model: nn.Module) -> str:
-    """Dotted name of the final ``nn.Linear`` (``fc`` for ResNets, ``classifier.6`` for VGG, ...)."""
+def classifier_head_names(model: nn.Module) -> list[str]:
+    """Dotted names of the classifier head(s): timm's ``get_classifier()`` (``head``, ``head.fc``; ``head``
+    and ``head_dist`` for distilled DeiT), else the final ``nn.Linear`` (``fc`` for ResNets, ``classifier.6``
+    for VGG, ...)."""
+    if hasattr(model, "get_classifier") and hasattr(model, "reset_classifier"):
+        names = timm_head_names(model)
+        if names:
+            return names
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         raise ConfigError(f"{type(model).__name__} has no nn.Linear classifier head to replace")
-    return linears[-1]
+    return linears[-1:]
+
+
+def classifier_head_name(model: nn.Module) -> str:
+    """Dotted name of the (first) classifier head, see :func:`classifier_head_names`."""
+    return classifier_head_names(model)[0]
+
+
+def no_weight_decay_ids(net: nn.Module) -> set[int]:
+    """``id()`` of the parameters weight decay should skip: biases, norm and other 1-D parameters (timm's
+    rule, the same set as "biases and norm layers" for CNNs) and the names timm's ``no_weight_decay()``
+    lists (position embeddings, class/register tokens)."""
+    listed = getattr(net, "no_weight_decay", None)
+    skip = set(listed()) if callable(listed) else set()
+    return {
+        id(p) for name, p in net.named_parameters() if p.ndim <= 1 or name.endswith(".bias") or name in skip
+    }
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
@@ -116,48 +141,65 @@ def build_backbone(
     num_classes: int,
     in_channels: int = 3,
     cifar_stem: bool = False,
-    weights: str | None = None,
+    weights: str | bool | None = None,
     weights_path: str | None = None,
+    input_size: list[int] | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build a torchvision classifier ready for ``num_classes``.
+    """Build a torchvision classifier, or a timm one (``timm:NAME``), ready for ``num_classes``.
 
     Args:
-        name: a torchvision model name (see :func:`available_backbones`).
+        name: a torchvision model name (see :func:`available_backbones`) or ``timm:NAME`` (any model of
+            ``timm.list_models()``, optionally with a pretrained tag: ``timm:vit_tiny_patch16_224.augreg_in21k``).
         num_classes: outputs of the new head.
         in_channels: input channels (1 for grayscale models).
-        cifar_stem: ResNets only: 3x3 stride-1 first convolution, no max-pool.
-        weights: a torchvision weights name such as ``"IMAGENET1K_V1"`` or ``"DEFAULT"`` (downloaded into
-            ``$TORCH_HOME/hub/checkpoints`` when online, read from there when cached), or None.
-        weights_path: a local file with the backbone's original state dict (e.g. ImageNet, 1000 classes);
-            used instead of ``weights`` when both are given.
+        cifar_stem: torchvision ResNets only: 3x3 stride-1 first convolution, no max-pool.
+        weights: torchvision: a weights name such as ``"IMAGENET1K_V1"`` or ``"DEFAULT"`` (True means
+            ``"DEFAULT"``), downloaded into ``$TORCH_HOME/hub/checkpoints`` when online, read from there when
+            cached; timm: True (the default pretrained tag) or a tag name. None: random initialisation.
+        weights_path: a local file with the backbone's original state dict (e.g. ImageNet, 1000 classes; for
+            timm also ``.safetensors``); used instead of ``weights`` when both are given.
+        input_size: ``(height, width)`` of the data; timm's fixed-size models (ViT, Swin) are built for it.
+        backbone_kwargs: further keyword arguments for ``timm.create_model`` / ``torchvision.models.get_model``.
 
     Example:
         >>> net = build_backbone("resnet34", num_classes=100, cifar_stem=True)
         >>> net(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 100])
+        >>> vit = build_backbone("timm:vit_tiny_patch16_224", num_classes=6, input_size=[64, 64])
+        >>> vit(torch.zeros(2, 3, 64, 64)).shape
+        torch.Size([2, 6])
     """
-    _check_name(name)
     if num_classes < 1:
         raise ConfigError(f"model.num_classes must be >= 1, got {num_classes}")
     if in_channels < 1:
         raise ConfigError(f"model.in_channels must be >= 1, got {in_channels}")
+    if is_timm(name):
+        if cifar_stem:
+            raise ConfigError(f"model.cifar_stem applies to torchvision ResNets only, not {name}")
+        return build_timm_backbone(
+            name, num_classes, in_channels, input_size, weights, weights_path, backbone_kwargs
+        )
+    _check_name(name)
+    kwargs = dict(backbone_kwargs or {})
     if weights_path is not None:
-        model = torchvision.models.get_model(name, weights=None)
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
         load_weights_file(model, weights_path)
         replace_head(model, num_classes)
-    elif weights is not None:
+    elif weights not in (None, False, ""):
+        weights = "DEFAULT" if weights is True else str(weights)
+        weights_enum = torchvision.models.get_model_weights(name)
         try:
-            weights_enum = torchvision.models.get_model_weights(name)
             chosen = weights_enum[weights] if weights != "DEFAULT" else weights_enum.DEFAULT
         except KeyError:
             options = ", ".join(["DEFAULT", *weights_enum.__members__])
             raise ConfigError(
                 f"model.weights={weights!r} is not available for {name}; choose one of {options}"
             ) from None
-        model = _download_or_load(name, chosen)
+        model = _download_or_load(name, chosen, kwargs)
         replace_head(model, num_classes)
     else:
-        model = torchvision.models.get_model(name, num_classes=num_classes)
+        model = torchvision.models.get_model(name, num_classes=num_classes, **kwargs)
     if in_channels != 3:
         replace_input_channels(model, in_channels)
     if cifar_stem:
@@ -165,10 +207,12 @@ def build_backbone(
     return model
 
 
-def _download_or_load(name: str, weights: torchvision.models.WeightsEnum) -> torch.nn.Module:
+def _download_or_load(
+    name: str, weights: torchvision.models.WeightsEnum, kwargs: dict[str, Any]
+) -> torch.nn.Module:
     """Build ``name`` with ``weights``; a failed download names the file to place in the cache instead."""
     try:
-        return torchvision.models.get_model(name, weights=weights)
+        return torchvision.models.get_model(name, weights=weights, **kwargs)
     except (URLError, OSError) as err:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""ImageClassifier: a LightningModule over a torchvision backbone that remembers how to pre-process."""
+"""ImageClassifier: a LightningModule over a torchvision or timm backbone that remembers how to pre-process."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_explain.data.batch import split_batch
 from lit_explain.errors import ConfigError
-from lit_explain.models.backbones import build_backbone, classifier_head_name
+from lit_explain.models.backbones import build_backbone, classifier_head_names, no_weight_decay_ids
+from lit_explain.models.explain_layers import default_explain_layers
+from lit_explain.models.timm_backbones import is_timm, timm_size_kwargs
 
 # Hyperparameters that describe the data rather than the model; adopted from the data module in setup().
 DATA_KEYS = ("class_names", "mean", "std", "input_size", "in_channels")
 
 
 class ImageClassifier(L.LightningModule):
-    """Image classification over a torchvision backbone, with everything a checkpoint needs to explain later.
+    """Image classification over a torchvision or timm backbone, with everything a checkpoint needs to explain later.
 
     The checkpoint's hyperparameters hold the class names, normalisation (mean, std), input size and input
     channels (taken from the data module during ``setup`` when not given), so a checkpoint alone rebuilds
@@ -27,13 +29,19 @@ class ImageClassifier(L.LightningModule):
     probabilities and predictions, so callbacks never run a second forward pass.
 
     Args:
-        backbone: torchvision model name (``resnet18``, ``resnet34``, ``resnet50``, ``vgg16_bn``, ...).
+        backbone: torchvision model name (``resnet18``, ``resnet34``, ``resnet50``, ``vgg16_bn``, ...) or any
+            timm model as ``timm:NAME`` (``timm:vit_tiny_patch16_224``, ``timm:convnext_atto``); timm's
+            fixed-size models (ViT, Swin) are built for the data's ``input_size``.
         num_classes: number of classes; None takes the data module's.
         class_names: names of the classes; None takes the data module's.
         in_channels: input channels of the first convolution; None takes the data module's (default 3).
         cifar_stem: ResNets only: 3x3 stride-1 first convolution and no max-pool (32x32 inputs).
-        weights: torchvision weights name for the backbone (``"IMAGENET1K_V1"``), or None for random init.
-        weights_path: local state-dict file for the backbone instead of ``weights``.
+        weights: pretrained weights: a torchvision weights name (``"IMAGENET1K_V1"``; True = ``"DEFAULT"``),
+            for timm True (the default tag) or a pretrained tag; None for random initialisation.
+        weights_path: local state-dict file for the backbone instead of ``weights`` (timm: ``.safetensors``
+            or ``.pth``); a head with another class count is replaced.
+        backbone_kwargs: further arguments for ``timm.create_model`` (``{patch_size: 8}``,
+            ``{drop_path_rate: 0.1}``, ``{dynamic_img_size: true}``) or ``torchvision.models.get_model``.
         optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``.
         lr, momentum, nesterov, weight_decay: optimizer settings; weight decay skips biases and norm layers.
         scheduler: ``"cosine"`` (per step, with linear warm-up), ``"onecycle"`` or ``"none"``.
@@ -48,6 +56,9 @@ class ImageClassifier(L.LightningModule):
         >>> trainer = L.Trainer(max_epochs=1)
         >>> trainer.fit(model, datamodule=ShapesDataModule())
         >>> model.net   # the plain torchvision network: explain(model.net, images, layer="layer4")
+        >>> vit = ImageClassifier("timm:vit_tiny_patch16_224", backbone_kwargs={"patch_size": 8})
+        >>> trainer.fit(vit, datamodule=ShapesDataModule())   # built for the data's 64x64 images
+        >>> vit.default_explain_layers                        # ['blocks.11.norm1']
     """
 
     def __init__(
@@ -57,8 +68,9 @@ class ImageClassifier(L.LightningModule):
         class_names: list[str] | None = None,
         in_channels: int | None = None,
         cifar_stem: bool = False,
-        weights: str | None = None,
+        weights: str | bool | None = None,
         weights_path: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.05,
         momentum: float = 0.9,
@@ -94,6 +106,12 @@ class ImageClassifier(L.LightningModule):
             hp.num_classes = len(hp.class_names)
         if hp.in_channels is None:
             hp.in_channels = 3
+        if is_timm(hp.backbone) and hp.input_size is None:
+            # Built before the data's size is known (num_classes given): a fixed-size model gets
+            # dynamic_img_size, recorded so that rebuilding from the checkpoint builds the same network.
+            extra = timm_size_kwargs(hp.backbone, hp.in_channels, None, hp.backbone_kwargs)
+            if extra:
+                hp.backbone_kwargs = {**(hp.backbone_kwargs or {}), **extra}
         self.net = build_backbone(
             hp.backbone,
             hp.num_classes,
@@ -101,15 +119,19 @@ class ImageClassifier(L.LightningModule):
             cifar_stem=hp.cifar_stem,
             weights=hp.weights,
             weights_path=hp.weights_path,
+            input_size=hp.input_size,
+            backbone_kwargs=hp.backbone_kwargs,
         )
         if hp.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         # Kept out of the module tree so the state dict holds the weights once, under "net.".
         self.__dict__["_compiled_net"] = torch.compile(self.net) if hp.compile else None
-        k = min(5, hp.num_classes)
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_acc", MulticlassAccuracy(hp.num_classes, average="micro"))
-            setattr(self, f"{stage}_acc_top5", MulticlassAccuracy(hp.num_classes, top_k=k, average="micro"))
+            # Top-5 accuracy is always 1.0 with 5 classes or fewer: only logged where it says something.
+            if hp.num_classes > 5:
+                top5 = MulticlassAccuracy(hp.num_classes, top_k=5, average="micro")
+                setattr(self, f"{stage}_acc_top5", top5)
 
     def adopt_data_metadata(self, metadata: dict[str, Any]) -> None:
         """Take class names, normalisation, input size and channels from a data module's ``metadata()``.
@@ -157,14 +179,39 @@ class ImageClassifier(L.LightningModule):
 
     @property
     def head_name(self) -> str:
-        """Dotted name of the classifier head inside :attr:`net` (``fc`` for ResNets)."""
-        return classifier_head_name(self.net)
+        """Dotted name of the classifier head inside :attr:`net` (``fc`` for ResNets, ``head`` for ViTs)."""
+        return self.head_names[0]
+
+    @property
+    def head_names(self) -> list[str]:
+        """Dotted names of the classifier head(s) (timm's ``get_classifier()``; two for distilled DeiT)."""
+        return classifier_head_names(self.net)
+
+    @property
+    def pretrained(self) -> bool:
+        """True when the backbone started from pretrained weights (``weights`` or ``weights_path``)."""
+        return self.hparams.weights not in (None, False, "") or self.hparams.weights_path is not None
 
     @property
     def backbone(self) -> nn.ModuleList:
-        """Every top-level part of :attr:`net` except the part holding the head (for BackboneFinetuning)."""
-        head_top = self.head_name.split(".")[0]
-        return nn.ModuleList(m for name, m in self.net.named_children() if name != head_top)
+        """Everything in :attr:`net` except the head module(s): the largest parts holding no head, plus the
+        parameters the network holds itself (a ViT's ``cls_token`` and ``pos_embed``; ConvNeXt's ``head.norm``
+        is backbone, its ``head.fc`` the head), for
+        :class:`~lit_explain.models.finetune.BackboneUnfreeze` and Lightning's ``BackboneFinetuning``."""
+        modules = dict(self.net.named_modules())
+        return nn.ModuleList(_parts_without(self.net, {id(modules[name]) for name in self.head_names}))
+
+    @property
+    def default_explain_layers(self) -> list[str]:
+        """Layer names inside :attr:`net` to explain when none is given (callbacks, audit, explain, serve).
+
+        See :func:`lit_explain.models.explain_layers.default_explain_layers`: ``layer4`` for ResNets
+        (``layer2`` + ``layer3`` fused where ``layer4`` would be under 4x4, as for 64 px shapes), the
+        engine's family rule for timm (``blocks.11.norm1`` for ViT-Tiny, ``stages.3`` for ConvNeXt).
+        """
+        if self.net is None:
+            raise ConfigError("the network is built in setup(); default_explain_layers needs it built first")
+        return default_explain_layers(self.net, self.hparams.in_channels or 3, self.hparams.input_size)
 
     # -- steps ------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -194,12 +241,13 @@ class ImageClassifier(L.LightningModule):
         logits = self(images)
         per_sample = self._loss(logits.float(), labels, reduction="none")
         loss = per_sample.mean()
-        acc, top5 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_acc_top5")
+        acc, top5 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_acc_top5", None)
         acc(logits, labels)
-        top5(logits, labels)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
         self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
-        self.log(f"{stage}/acc_top5", top5)
+        if top5 is not None:
+            top5(logits, labels)
+            self.log(f"{stage}/acc_top5", top5)
         probs = logits.float().softmax(dim=1)
         return {
             "loss": loss,
@@ -224,13 +272,12 @@ class ImageClassifier(L.LightningModule):
 
     # -- optimisation -----------------------------------------------------------------------------
     def _param_groups(self) -> list[dict[str, Any]]:
+        skip = no_weight_decay_ids(self.net)
         decay, no_decay = [], []
-        for module in self.net.modules():
-            for name, param in module.named_parameters(recurse=False):
-                if not param.requires_grad:
-                    continue  # frozen by BackboneFinetuning; it adds them back itself
-                is_norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
-                (no_decay if is_norm or name == "bias" else decay).append(param)
+        for param in self.net.parameters():
+            if not param.requires_grad:
+                continue  # frozen by BackboneFinetuning; it adds them back itself
+            (no_decay if id(param) in skip else decay).append(param)
         return [
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -283,3 +330,29 @@ class ImageClassifier(L.LightningModule):
             "metrics": metrics,
             **{key: self.hparams.get(key) for key in DATA_KEYS},
         }
+
+
+def _parts_without(module: nn.Module, heads: set[int]) -> list[nn.Module]:
+    """The largest submodules of ``module`` that hold none of ``heads``, plus holders of the parameters
+    of the modules on the way to a head."""
+    if id(module) in heads:
+        return []
+    inside = {id(m) for m in module.modules()}
+    if not heads & inside:
+        return [module]
+    parts: list[nn.Module] = []
+    own = dict(module.named_parameters(recurse=False))
+    if own:
+        parts.append(_ParameterHolder(own))
+    for child in module.children():
+        parts.extend(_parts_without(child, heads))
+    return parts
+
+
+class _ParameterHolder(nn.Module):
+    """Parameters a network holds itself (not in a child module), so a fine-tuning callback can freeze them."""
+
+    def __init__(self, parameters: dict[str, nn.Parameter]) -> None:
+        super().__init__()
+        for name, param in parameters.items():
+            self.register_parameter(name, param)

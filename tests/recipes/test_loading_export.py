@@ -132,7 +132,7 @@ def test_backbone_unfreeze_schedule() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
-        callbacks=[BackboneUnfreeze(2, 0.1), Record()],
+        callbacks=[BackboneUnfreeze(2, 0.1, freeze_untrained=True), Record()],
     )
     dm = ShapesDataModule(train_size=32, val_size=16, test_size=16, batch_size=16, image_size=32)
     trainer.fit(model, datamodule=dm)
