@@ -8,6 +8,12 @@ count, and the server's resident memory (from /proc) sampled while the requests 
     python scripts/bench_serve.py                                  # an untrained 64x64 ResNet-18
     python scripts/bench_serve.py --ckpt_path last.ckpt --requests 1000 --clients 8
     python scripts/bench_serve.py --compare_batching               # max_batch 1 vs --max_batch
+    python scripts/bench_serve.py --large 16 --compare_budget      # 16 concurrent 7000x7000 PNGs: peak RSS
+
+``--large N`` skips the throughput runs and instead sends N concurrent requests with a large PNG
+(``--large_side``, default 7000x7000: about 0.2 MB, under every size limit, 49 megapixels decoded), sampling
+the server's resident memory every 20 ms: its peak, and what it keeps 2 s after the last answer. With
+``--compare_budget`` it does the same with the pixel budget switched off (``--decode_budget`` 10^15).
 """
 
 from __future__ import annotations
@@ -74,7 +80,18 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(ckpt: Path, port: int, max_batch: int, max_wait_ms: float, threads: int) -> subprocess.Popen:
+def large_png(side: int, mode: str = "RGB") -> bytes:
+    """A smooth ``side`` x ``side`` PNG (RGB or RGBA): tiny on disk, ``side**2`` pixels to decode."""
+    buffer = io.BytesIO()
+    gradient = Image.linear_gradient("L").resize((side, side))
+    bands = (gradient, gradient.transpose(Image.Transpose.ROTATE_90), gradient, gradient)
+    Image.merge(mode, bands[: len(mode)]).save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def start_server(
+    ckpt: Path, port: int, max_batch: int, max_wait_ms: float, threads: int, *extra: str
+) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(
         [
@@ -92,6 +109,7 @@ def start_server(ckpt: Path, port: int, max_batch: int, max_wait_ms: float, thre
             str(max_wait_ms),
             "--log_level",
             "warning",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -195,6 +213,87 @@ def bench(args: argparse.Namespace, ckpt: Path, payload: bytes, max_batch: int) 
     return result
 
 
+class RssSampler:
+    """Samples a process's resident memory every ``every_s`` seconds in a thread; keeps the peak."""
+
+    def __init__(self, pid: int, every_s: float = 0.02) -> None:
+        self.pid, self.every_s, self.peak = pid, every_s, rss_mb(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, rss_mb(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_large(args: argparse.Namespace, ckpt: Path, budget: int | None) -> dict:
+    """``args.large`` concurrent requests with one large PNG each: status codes, time, server RSS."""
+    image = large_png(args.large_side, args.large_mode)
+    payload = json.dumps({"image": base64.b64encode(image).decode()}).encode()
+    extra = [] if budget is None else ["--decode_budget", str(budget)]
+    port = free_port()
+    proc = start_server(ckpt, port, args.max_batch, args.max_wait_ms, args.threads, *extra)
+    url = f"http://127.0.0.1:{port}/predict_with_gradcam"
+    try:
+        idle = rss_mb(proc.pid)
+
+        def send(_: int) -> int:
+            with httpx.Client(timeout=600) as http:
+                return http.post(
+                    url, content=payload, headers={"Content-Type": "application/json"}
+                ).status_code
+
+        start = time.perf_counter()
+        with RssSampler(proc.pid) as sampler, ThreadPoolExecutor(args.large) as pool:
+            statuses = list(pool.map(send, range(args.large)))
+        wall = time.perf_counter() - start
+        time.sleep(2.0)
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+    finally:
+        after = rss_mb(proc.pid)
+        stop(proc)
+    return {
+        "requests": args.large,
+        "side": args.large_side,
+        "mode": args.large_mode,
+        "png_kb": len(image) / 1024,
+        "decode_budget": health["decoding"]["capacity"],
+        "peak_decoding_pixels": health["decoding"]["peak"],
+        "statuses": statuses,
+        "wall_s": wall,
+        "rss_idle_mb": idle,
+        "rss_peak_mb": sampler.peak,
+        "rss_after_mb": after,
+    }
+
+
+def main_large(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(args.ckpt_path) if args.ckpt_path else make_checkpoint(Path(tmp), args.input_size)
+        budgets: list[int | None] = [args.decode_budget] + ([10**15] if args.compare_budget else [])
+        runs = [bench_large(args, ckpt, budget) for budget in budgets]
+    for run in runs:
+        ok = sum(code == 200 for code in run["statuses"])
+        print(
+            f"{run['requests']} concurrent {run['side']}x{run['side']} {run['mode']} PNGs "
+            f"({run['png_kb']:.0f} KB each), "
+            f"decode budget {run['decode_budget']:,} px (peak held {run['peak_decoding_pixels']:,}): "
+            f"{ok}/{run['requests']} answered 200 in {run['wall_s']:.1f} s; server RSS idle "
+            f"{run['rss_idle_mb']:.0f} MB, peak {run['rss_peak_mb']:.0f} MB, 2 s after {run['rss_after_mb']:.0f} MB"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=2))
+    return 0 if all(code == 200 for run in runs for code in run["statuses"]) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", default=None, help="model to serve (default: an untrained ResNet-18)")
@@ -209,7 +308,18 @@ def main() -> int:
     parser.add_argument("--single_repeats", type=int, default=20)
     parser.add_argument("--rss_every", type=int, default=100, help="sample the server's RSS every N requests")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--large", type=int, default=0, help="N concurrent large images (memory test)")
+    parser.add_argument("--large_side", type=int, default=7000, help="side of the large PNG in pixels")
+    parser.add_argument("--large_mode", choices=["RGB", "RGBA"], default="RGB", help="mode of the large PNG")
+    parser.add_argument(
+        "--decode_budget", type=int, default=None, help="the server's --decode_budget (default: its own)"
+    )
+    parser.add_argument("--compare_budget", action="store_true", help="also run --large without a budget")
     args = parser.parse_args()
+    if args.large:
+        if not 1 <= args.large <= 64:
+            parser.error("--large must be in 1..64")
+        return main_large(args)
     if not 1 <= args.requests <= 100_000 or not 1 <= args.clients <= 256:
         parser.error("--requests must be in 1..100000 and --clients in 1..256")
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from lit_explain.inference.explainer import Explanation
-from lit_explain.outputs import write_json
+from lit_explain.outputs import AtomicReportDir, write_bytes, write_json
 from lit_explain.render import encode_png
 
 
@@ -30,7 +28,8 @@ class LowConfidenceLog:
 
     A folder holds the request's image as sent, the heatmap, the overlay, the model input and
     ``record.json`` (the response without the base64 pictures, plus the explanation summary). It is
-    written under a hidden name and renamed when complete.
+    written through :class:`~lit_explain.outputs.AtomicReportDir`: under a hidden name, renamed when
+    complete, and a folder left half-written by a killed server is removed by the next record.
 
     Example:
         >>> log = LowConfidenceLog(Path("low_confidence"), threshold=0.5)
@@ -44,20 +43,20 @@ class LowConfidenceLog:
         self.written = 0
 
     def maybe_record(self, raw: bytes, result: Explanation, response: dict[str, Any]) -> Path | None:
-        """Write the record when ``result`` is below the threshold; returns its folder (None otherwise)."""
+        """Write the record when ``result`` is below the threshold; returns its folder (None otherwise).
+
+        Raises :class:`~lit_explain.outputs.OutputError` when the folder cannot be written.
+        """
         if result.confidence >= self.threshold:
             return None
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        name = f"{stamp}_{uuid.uuid4().hex[:8]}"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{name}.tmp"
-        tmp.mkdir()
-        try:
-            (tmp / f"request_image.{_image_extension(raw)}").write_bytes(raw)
+        target = AtomicReportDir(self.directory / f"{stamp}_{uuid.uuid4().hex[:8]}", kind="low-confidence")
+        with target as tmp:
             explained = result.primary
-            (tmp / "heatmap.png").write_bytes(encode_png(explained.heatmap))
-            (tmp / "overlay.png").write_bytes(encode_png(explained.overlay))
-            (tmp / "model_input.png").write_bytes(encode_png(result.image))
+            write_bytes(tmp / f"request_image.{_image_extension(raw)}", raw)
+            write_bytes(tmp / "heatmap.png", encode_png(explained.heatmap))
+            write_bytes(tmp / "overlay.png", encode_png(explained.overlay))
+            write_bytes(tmp / "model_input.png", encode_png(result.image))
             record = {
                 "time": stamp,
                 "threshold": self.threshold,
@@ -65,12 +64,9 @@ class LowConfidenceLog:
                 "summary": result.summary(),
             }
             write_json(tmp / "record.json", record)
-            os.rename(tmp, self.directory / name)  # the folder appears complete or not at all
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            folder = target.commit()  # the folder appears complete or not at all
         self.written += 1
-        return self.directory / name
+        return folder
 
 
 __all__ = ["LowConfidenceLog"]

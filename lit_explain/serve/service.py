@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 
 from lit_explain.inference.explainer import Explainer, Explanation, UnknownClassError
 from lit_explain.inference.preprocess import Prepared
+from lit_explain.outputs import OutputError
 from lit_explain.render import encode_png
 from lit_explain.serve.batching import MicroBatcher
 from lit_explain.serve.bodies import class_field, decode_base64_image, top_k_field
@@ -50,8 +52,7 @@ class ServeSettings:
 
 @dataclass
 class _Work:
-    prepared: Prepared
-    raw: bytes | None  # the image as sent, kept only when low-confidence requests are recorded
+    prepared: Prepared  # only the small model input goes to the batch; the decoded image is gone
     target: int | None
     top_k: int
 
@@ -84,7 +85,7 @@ class ExplainService:
         )
         self.budget = PixelBudget(settings.decode_budget)
         self.decoder = ImageDecoder(explainer.preprocess, self.budget)
-        self.batcher: MicroBatcher[_Work, dict[str, Any]] = MicroBatcher(
+        self.batcher: MicroBatcher[_Work, tuple[dict[str, Any], Explanation]] = MicroBatcher(
             self.run_batch, settings.max_batch, settings.max_wait_ms
         )
         self.started = time.time()
@@ -111,28 +112,30 @@ class ExplainService:
         top_k = top_k_field(payload, len(self.explainer.class_names))
         raw = decode_base64_image(payload.get("image"))
         prepared = await self.decoder(raw, request_id)
-        work = _Work(prepared, raw if self.log is not None else None, target, top_k)
-        del raw  # only the small model input travels on, unless the low-confidence log needs the original
-        return await self.batcher.submit(work)
+        response, result = await self.batcher.submit(_Work(prepared, target, top_k))
+        if self.log is not None:
+            # Written from this request's own thread, not the batch's: slow disks never hold up the model.
+            await asyncio.to_thread(self._record, raw, result, response, request_id)
+        return response
 
-    def run_batch(self, items: list[_Work]) -> list[dict[str, Any] | Exception]:
+    def run_batch(self, items: list[_Work]) -> list[tuple[dict[str, Any], Explanation] | Exception]:
         """One batched explain; building each answer can fail for that request alone."""
         results = self.explainer.explain_prepared(
             [w.prepared for w in items],
             [w.target for w in items],
             [0 if w.target is not None else 1 for w in items],
         )
-        out: list[dict[str, Any] | Exception] = []
+        out: list[tuple[dict[str, Any], Explanation] | Exception] = []
         for work, result in zip(items, results, strict=True):
             try:
-                out.append(self._answer(work, result))
-            except Exception as exc:  # raised to this request only; the route's handler logs it
+                out.append((self._answer(work, result), result))
+            except Exception as exc:  # raised to this request only; the error middleware logs it
                 out.append(exc)
         return out
 
     def _answer(self, work: _Work, result: Explanation) -> dict[str, Any]:
         explained = result.primary
-        response: dict[str, Any] = {
+        return {
             "prediction": result.prediction,
             "confidence": result.confidence,
             "top_k": [{"class_name": n, "probability": p} for n, _, p in result.top_k[: work.top_k]],
@@ -144,15 +147,17 @@ class ExplainService:
             "gradcam_heatmap": _b64_png(explained.heatmap, self.settings.png_level),
             "gradcam_overlay": _b64_png(explained.overlay, self.settings.png_level),
         }
-        if self.log is not None and work.raw is not None:
-            try:
-                record = self.log.maybe_record(work.raw, result, response)
-            except OSError as exc:  # a full disk must not fail the request itself
-                logger.warning("cannot record a low-confidence request: %s", exc)
-                record, response["low_confidence_log_error"] = None, str(exc)
-            if record is not None:
-                response["logged"] = record.name
-        return response
+
+    def _record(self, raw: bytes, result: Explanation, response: dict[str, Any], request_id: str) -> None:
+        assert self.log is not None
+        try:
+            folder = self.log.maybe_record(raw, result, response)
+        except (OSError, OutputError) as exc:  # a full disk must not fail the request itself
+            logger.warning("request %s: cannot record a low-confidence request: %s", request_id, exc)
+            response["low_confidence_log_error"] = str(exc)
+            return
+        if folder is not None:
+            response["logged"] = folder.name
 
     def health(self) -> dict[str, Any]:
         """Liveness, what is loaded, and the batching and decoding counters."""

@@ -167,3 +167,17 @@ def test_too_large_images_are_refused_without_waiting_for_the_budget(serve_expla
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_release_memory_uses_malloc_trim():
     assert release_memory() is True
+
+
+def test_memory_is_handed_back_after_a_large_decode_only(serve_explainer, monkeypatch):
+    from lit_explain.serve import decoding
+
+    calls: list[int] = []
+    monkeypatch.setattr(decoding, "release_memory", lambda: calls.append(1) or True)
+    large = io.BytesIO()
+    Image.new("RGB", (2100, 2000)).save(large, format="PNG")  # 4.2 megapixels, a few KB
+    with TestClient(create_app(serve_explainer, ServeSettings(max_batch=1))) as client:
+        assert client.post("/predict_with_gradcam", json={"image": b64(png_bytes())}).status_code == 200
+        assert calls == []
+        r = client.post("/predict_with_gradcam", json={"image": b64(large.getvalue())})
+        assert r.status_code == 200 and calls == [1]

@@ -109,3 +109,17 @@ def test_a_failing_answer_fails_only_its_request(serve_explainer, monkeypatch):
             )
         )
     assert statuses == [200, 200, 200, 500]
+
+
+def test_an_unwritable_low_confidence_log_does_not_fail_the_request(serve_explainer, tmp_path, caplog):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    settings = ServeSettings(max_batch=1, log_below=1.0, log_dir=blocker / "log")
+    caplog.set_level(logging.INFO, logger="lit_explain")
+    with TestClient(create_app(serve_explainer, settings)) as client:
+        r = client.post("/predict_with_gradcam", json={"image": b64(png_bytes())})
+    assert r.status_code == 200 and r.json()["gradcam_overlay"] and "logged" not in r.json()
+    assert "afile" in r.json()["low_confidence_log_error"]
+    warned = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert len(warned) == 1 and r.headers["X-Request-ID"] in warned[0].getMessage()
+    assert blocker.read_text() == "not a folder"
