@@ -17,9 +17,9 @@ from lit_explain.render import (
     confused_pairs_table,
     confusion_matrix_figure,
     figure_to_tensor,
-    markdown_table,
     per_class_accuracy_figure,
 )
+from lit_explain.sinks import Table
 
 
 def per_class_accuracy(cm: Tensor) -> Tensor:
@@ -51,7 +51,7 @@ class ConfusionMatrix(Callback):
       ticks and per-cell numbers only when the classes are few (readable at 100 classes);
     * ``val/per_class_accuracy``: a sorted bar chart of per-class accuracy;
     * ``val/confused_pairs``: a text table of the ``top_n_pairs`` most confused (true -> predicted) pairs;
-    * scalars ``val/overall_acc`` and ``val/worst{worst_k}_class_acc``.
+    * scalar ``val/worst{worst_k}_class_acc`` (the overall accuracy is the model's ``val/acc``).
 
     Tags start with ``test/`` during ``trainer.test``. The sanity check is skipped.
 
@@ -93,6 +93,10 @@ class ConfusionMatrix(Callback):
             self.metric = MulticlassConfusionMatrix(num_classes=num_classes, validate_args=False)
         self.metric = self.metric.to(pl_module.device)
         self.metric.reset()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Refuse a run it cannot log or explain in now, not after an epoch of training.
+        tb.check_trainer(trainer, type(self).__name__, stage)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -153,11 +157,8 @@ class ConfusionMatrix(Callback):
         names = _names(pl_module, cm.shape[0])
         prefix = tb.stage_prefix(trainer)
         acc = per_class_accuracy(cm)
-        total = int(cm.sum())
-        scalars = {
-            f"{prefix}/overall_acc": float(cm.diagonal().sum()) / total if total else float("nan"),
-            f"{prefix}/worst{self.worst_k}_class_acc": worst_k_mean(acc, self.worst_k),
-        }
+        # The overall accuracy is the model's own `val/acc`; logging it again here only duplicated it.
+        scalars = {f"{prefix}/worst{self.worst_k}_class_acc": worst_k_mean(acc, self.worst_k)}
         tb.add_scalars(trainer, scalars)
         self.last_scalars = scalars
         tb.add_image(
@@ -168,6 +169,7 @@ class ConfusionMatrix(Callback):
                     cm, names, normalize=self.normalize, title=f"Confusion matrix ({prefix})"
                 )
             ),
+            caption=f"epoch {trainer.current_epoch}: rows true, columns predicted",
         )
         tb.add_image(
             trainer,
@@ -175,6 +177,7 @@ class ConfusionMatrix(Callback):
             figure_to_tensor(
                 per_class_accuracy_figure(acc, names, sorted=True, title=f"Per-class accuracy ({prefix})")
             ),
+            caption=f"epoch {trainer.current_epoch}: classes sorted by accuracy",
         )
         pairs = confused_pairs_table(cm, names, top_n=self.top_n_pairs)
         support = cm.sum(dim=1)
@@ -182,12 +185,12 @@ class ConfusionMatrix(Callback):
             (names[p.true_idx], names[p.pred_idx], p.count, p.count / max(int(support[p.true_idx]), 1))
             for p in pairs
         ]
-        text = (
-            markdown_table(rows, ["true", "predicted", "count", "share of true class"])
-            if rows
-            else "no confusions: every sample was classified correctly"
+        table = Table(
+            ("true", "predicted", "count", "share of true class"),
+            rows,
+            empty_text="no confusions: every sample was classified correctly",
         )
-        tb.add_text(trainer, f"{prefix}/confused_pairs", text)
+        tb.add_table(trainer, f"{prefix}/confused_pairs", table)
         tb.flush(trainer)
 
 
