@@ -8,7 +8,7 @@ import importlib
 import pytest
 import torch
 
-MODULES = ["", ".layers", ".hooks", ".cam", ".guided", ".metrics", "._state"]
+MODULES = ["", ".layers", ".layouts", ".hooks", ".cam", ".guided", ".rollout", ".metrics", "._state"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -29,6 +29,7 @@ from lit_explain.explain import (
     RolloutResult,
     attention_rollout,
     cam,
+    guided_gradcam,
     is_rollout_method,
 )
 
@@ -143,6 +144,8 @@ def test_models_without_global_attention_are_refused() -> None:
         attention_rollout(th.shared("convnext"), th.images("convnext"))
     with pytest.raises(ConfigError, match="method must be one of"):
         attention_rollout(th.shared("vit"), th.images("vit"), method="gradcam")
+    with pytest.raises(ConfigError, match="is an attention rollout"):
+        guided_gradcam(th.shared("vit"), th.images("vit"), method="gradient_rollout")
 
 
 def _messy_vit() -> nn.Module:
