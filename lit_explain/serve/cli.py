@@ -39,7 +39,7 @@ def build_parser() -> ArgumentParser:
         "--decode_budget",
         type=int,
         default=DEFAULT_DECODE_BUDGET,
-        help="pixels decoded at once across all requests, others wait (3-4 bytes of memory per RGB pixel)",
+        help="pixels decoded at once across all requests, others wait (about 5 bytes of memory per RGB pixel; RGBA, palette and 16-bit count 4x)",
     )
     parser.add_argument(
         "--max_batch", type=int, default=8, help="requests per batched forward/backward (1: off)"

@@ -1,11 +1,13 @@
 """Decoding request images under one memory budget shared by every request of the service.
 
 Each request's image size is read from its header first (no pixels decoded; a JPEG counts at the reduced
-scale it will be decoded at); the request then reserves that many pixels from a :class:`PixelBudget` before decoding and gives them back once the image has been
-turned into the model's small input tensor. So however many large images arrive at once, the pixels being
-decoded at any moment never exceed the budget, and the memory for decoding stays bounded: about 3-4 bytes
-per budgeted pixel for 8-bit RGB(A), as the preprocessor shrinks each image right after decoding it
-(measured in docs/benchmarks.md).
+scale it will be decoded at); the request then reserves that many pixels from a :class:`PixelBudget`
+before decoding and gives them back once the image has been turned into the model's small input tensor.
+So however many large images arrive at once, the pixels being decoded at any moment never exceed the
+budget, and so does the memory for decoding. Pixels are counted as 8-bit RGB pixels: an image the
+preprocessor must convert at full size before shrinking it (alpha, palette, 16-bit; see
+:mod:`lit_explain.data.images`) counts :data:`CONVERTED_WEIGHT` times its pixels, because it needs that
+much more memory (measured in docs/benchmarks.md: about 5 bytes per RGB pixel, 19 per RGBA pixel).
 After a large decode the freed memory is handed back to the operating system (``malloc_trim`` on glibc),
 so the service does not keep the peak's resident size.
 """
@@ -30,7 +32,10 @@ from lit_explain.serve.errors import ApiError, logger
 
 T = TypeVar("T")
 
-DEFAULT_DECODE_BUDGET = 100_000_000  # pixels decoded at once: two 50-megapixel images, ~0.3-0.4 GB for RGB
+DEFAULT_DECODE_BUDGET = 100_000_000  # RGB pixels decoded at once: two 50-megapixel photos, ~0.5 GB
+# Modes the preprocessor shrinks right after decoding; any other is converted at full size first.
+SHRUNK_EARLY = frozenset({"1", "L", "RGB", "YCbCr", "CMYK"})
+CONVERTED_WEIGHT = 4  # an RGBA pixel needed 19 bytes at peak, an RGB one 5 (docs/benchmarks.md)
 TRIM_AFTER_PIXELS = 4_000_000  # return freed memory to the OS after decoding an image this large
 
 # What PIL's parsers raise on malformed input (besides the errors lit_explain already names).
@@ -164,11 +169,12 @@ class ImageDecoder:
         # Off the event loop: even a header can be slow to parse for some formats.
         info = await asyncio.to_thread(self._checked, raw, request_id, self.preprocess.probe)
         pixels = info.decoded_pixels  # a JPEG counts at the reduced scale it will be decoded at
+        cost = pixels * (1 if info.mode in SHRUNK_EARLY else CONVERTED_WEIGHT)
         if pixels > self.preprocess.max_pixels:
             # Over the per-image limit: the preprocessor refuses it from the header, decoding nothing, so
             # there is nothing to budget (and no reason to queue behind other requests to hear it).
             return await asyncio.to_thread(self._checked, raw, request_id, self._prepare)
-        async with self.budget.reserve(pixels):
+        async with self.budget.reserve(cost):
             prepared = await asyncio.to_thread(self._checked, raw, request_id, self._prepare)
         if pixels >= TRIM_AFTER_PIXELS:
             await asyncio.to_thread(release_memory)
@@ -194,4 +200,4 @@ class ImageDecoder:
             raise ApiError(422, "field 'image' is not a readable image: the decoder rejected it") from None
 
 
-__all__ = ["DEFAULT_DECODE_BUDGET", "ImageDecoder", "PixelBudget", "release_memory"]
+__all__ = ["CONVERTED_WEIGHT", "DEFAULT_DECODE_BUDGET", "ImageDecoder", "PixelBudget", "release_memory"]

@@ -31,7 +31,7 @@ class ServeSettings:
         max_bytes: largest request body (the base64 image is 4/3 of the file's size).
         max_batch, max_wait_ms: micro-batching (``max_batch=1`` turns it off).
         decode_budget: pixels (width x height, from the images' headers) decoded at once across all
-            requests; more wait their turn. Bounds the decoding memory (3-4 bytes per pixel for RGB).
+            requests; more wait their turn. Bounds the decoding memory (about 5 bytes per RGB pixel).
         log_below: record requests whose confidence is below this into ``log_dir`` (None: off).
         log_dir: where the low-confidence records go.
         png_level: zlib level of the returned PNGs (1: fast).

@@ -181,3 +181,15 @@ def test_memory_is_handed_back_after_a_large_decode_only(serve_explainer, monkey
         assert calls == []
         r = client.post("/predict_with_gradcam", json={"image": b64(large.getvalue())})
         assert r.status_code == 200 and calls == [1]
+
+
+def test_images_converted_at_full_size_count_four_times(serve_explainer):
+    app = create_app(serve_explainer, ServeSettings(max_batch=1))
+    with TestClient(app) as client:
+        assert (
+            client.post("/predict_with_gradcam", json={"image": b64(png_bytes((100, 50)))}).status_code == 200
+        )
+        assert app.state.budget.peak == 100 * 50
+        rgba = b64(png_bytes((100, 50), mode="RGBA"))  # composited onto white at full size, then shrunk
+        assert client.post("/predict_with_gradcam", json={"image": rgba}).status_code == 200
+        assert app.state.budget.peak == 4 * 100 * 50
