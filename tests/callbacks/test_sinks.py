@@ -163,3 +163,15 @@ def test_sharded_strategies_are_refused_at_setup(tmp_path: Path) -> None:
     assert sharded_strategy(stage2) is None  # parameters replicated: a rank-0 forward needs no peers
     assert sharded_strategy(ModelParallelStrategy()) == "ModelParallelStrategy"
     assert sharded_strategy(trainer.strategy) is None  # the default single-device strategy
+
+
+def test_wandb_and_mlflow_are_imported_only_by_their_sinks() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lit_explain.callbacks, lit_explain.sinks, lit_explain.audit.attach; "
+        "print(sorted(m for m in ('wandb', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
