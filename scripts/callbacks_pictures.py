@@ -1,4 +1,4 @@
-"""Render the ProbeHeatmaps grid of a trained shapes checkpoint to a PNG and print its attention scores.
+"""Render the ProbeHeatmaps grid (first page) of a trained shapes checkpoint to a PNG; print attention scores.
 
 The same functions the callback uses (explain, render), so the picture is what TensorBoard shows at
 the checkpoint's epoch. Used for the README pictures:
@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from lit_explain.callbacks import ProbeHeatmaps
-from lit_explain.callbacks._panels import class_name, display_images, explain_batch, render_rows
+from lit_explain.callbacks._panels import display_images, explain_batch, prediction_line, render_pages
 from lit_explain.data import ShapesDataModule
 from lit_explain.explain.metrics import energy_pointing_game, pointing_game
 from lit_explain.models.loading import classifier_from_checkpoint
@@ -56,16 +56,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     names = model.class_names
     conf = explained.probs.gather(1, explained.preds[:, None])[:, 0]
+    indices = batch["index"].tolist()
     captions = [
-        f"true: {class_name(names, t)} | pred: {class_name(names, p)} ({c:.2f})"
-        for t, p, c in zip(batch["label"].tolist(), explained.preds.tolist(), conf.tolist(), strict=True)
+        f"idx {i}\n{prediction_line(names, t, p, c)}"
+        for i, t, p, c in zip(
+            indices, batch["label"].tolist(), explained.preds.tolist(), conf.tolist(), strict=True
+        )
     ]
-    grid = render_rows(
+    pages = render_pages(
         display_images(batch["image"], model.hparams.mean, model.hparams.std),
         explained,
         captions,
         explained.preds == batch["label"],
     )
+    # The README shows the first page, as TensorBoard shows explain/probes/page_0.
+    grid = pages[0]
     save_png(args.output, grid, overwrite=args.overwrite)
     masks = batch["mask"].bool()
     maps = explained.pred_maps

@@ -77,6 +77,25 @@ def test_default_demo_learns_and_looks_at_the_object(tmp_path: Path) -> None:
     assert hit_rate >= 0.80, hit_rate
 
 
+def test_two_seeded_demo_fits_print_the_same_accuracy_and_write_the_same_weights(tmp_path: Path) -> None:
+    # The demo recipe, shortened (2 epochs, 320 training images): the same seed on the same machine must
+    # give bit-identical weights and the same printed accuracy, so `make demo` reproduces itself.
+    short = ["--trainer.max_epochs=2", "--data.train_size=320", "--data.val_size=96", "--data.test_size=32"]
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        stdout = _fit(tmp_path / name, *short)
+        accuracy = re.search(r"final validation accuracy: ([0-9.]+)", stdout).group(1)
+        (ckpt,) = (tmp_path / name).glob("lightning_logs/shapes_demo/version_0/checkpoints/last.ckpt")
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        runs.append((accuracy, state))
+    (acc_a, state_a), (acc_b, state_b) = runs
+    assert acc_a == acc_b
+    assert state_a.keys() == state_b.keys()
+    different = [k for k in state_a if not torch.equal(state_a[k], state_b[k])]
+    assert not different, different[:5]
+
+
 def test_spurious_recipe_maps_move_to_the_corner_patch(tmp_path: Path) -> None:
     config = Path(__file__).resolve().parents[1] / "lit_explain" / "configs" / "shapes_spurious.yaml"
     _fit(tmp_path, "--config", str(config), "--trainer.max_epochs=3", "--data.train_size=1500")

@@ -51,7 +51,7 @@ class ConfusionMatrix(Callback):
       ticks and per-cell numbers only when the classes are few (readable at 100 classes);
     * ``val/per_class_accuracy``: a sorted bar chart of per-class accuracy;
     * ``val/confused_pairs``: a text table of the ``top_n_pairs`` most confused (true -> predicted) pairs;
-    * scalars ``val/overall_acc`` and ``val/worst{worst_k}_class_acc``.
+    * scalar ``val/worst{worst_k}_class_acc`` (the overall accuracy is the model's ``val/acc``).
 
     Tags start with ``test/`` during ``trainer.test``. The sanity check is skipped.
 
@@ -157,11 +157,8 @@ class ConfusionMatrix(Callback):
         names = _names(pl_module, cm.shape[0])
         prefix = tb.stage_prefix(trainer)
         acc = per_class_accuracy(cm)
-        total = int(cm.sum())
-        scalars = {
-            f"{prefix}/overall_acc": float(cm.diagonal().sum()) / total if total else float("nan"),
-            f"{prefix}/worst{self.worst_k}_class_acc": worst_k_mean(acc, self.worst_k),
-        }
+        # The overall accuracy is the model's own `val/acc`; logging it again here only duplicated it.
+        scalars = {f"{prefix}/worst{self.worst_k}_class_acc": worst_k_mean(acc, self.worst_k)}
         tb.add_scalars(trainer, scalars)
         self.last_scalars = scalars
         tb.add_image(

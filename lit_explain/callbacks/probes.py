@@ -9,12 +9,23 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import default_collate
 
 from lit_explain.callbacks import _logging as tb
-from lit_explain.callbacks._panels import class_name, display_images, explain_batch, render_rows
+from lit_explain.callbacks._panels import (
+    check_explain_settings,
+    display_images,
+    explain_batch,
+    explain_layers,
+    explained_net,
+    page_tags,
+    prediction_line,
+    render_pages,
+    sample_sources,
+)
 from lit_explain.data.batch import split_batch
 from lit_explain.errors import ConfigError
 from lit_explain.explain.metrics import drift, energy_pointing_game, pointing_game
@@ -28,13 +39,20 @@ PAPER_IMAGE_PX = 224
 class ProbeHeatmaps(Callback):
     """Explain a fixed probe set after every ``every_n_epochs``-th validation and log one captioned grid.
 
-    Per probe the grid shows: the image | the CAM of the predicted class | the CAM of the true class |
-    Guided Grad-CAM of the predicted class, captioned with the true class, the predicted class and its
-    confidence (green when right, red when wrong). Scalars, on the maps of ``scalar_target``:
+    Per probe the grid shows: the image | the CAM of the predicted class | the CAM of the true class (only
+    in misclassified rows; the column is left out when all are right) | Guided Grad-CAM of the predicted
+    class, captioned with the probe's source, the true class, the predicted class and its confidence
+    (green when right, red when wrong), with a colour bar under each page. Scalars, on the maps of ``scalar_target``:
 
     * ``explain/drift``: ``1 - mean Pearson correlation`` with the previous validation's maps;
     * ``explain/energy_in_mask`` and ``explain/pointing_game`` where the samples carry object masks
       (the shapes data module): the share of the map's energy on the object, and how often its peak is.
+
+    At the end of ``fit`` the final validation accuracy and, with masks, the last pointing game and energy
+    go to TensorBoard's HParams tab (``hparams/val_acc``, ``hparams/pointing_game``, ...) with the run's
+    hyperparameters, so runs can be compared there. The grid is logged in pages no taller than 1,600 px
+    (``explain/probes/page_0``, ...), readable at TensorBoard's default card size; each caption names the
+    probe's source (``idx N`` for generated data, the file relative to the data root otherwise).
 
     The probe set is chosen once, deterministically: by default the data module's ``probe_indices``
     (``per_class`` per class of the validation split, at most ``max_probes``); or dataset indices of
@@ -136,6 +154,8 @@ class ProbeHeatmaps(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Refuse a run it cannot log or explain in now, not after an epoch of training.
         tb.check_trainer(trainer, type(self).__name__, stage)
+        check_explain_settings(type(self).__name__, pl_module, stage, self.layer, self.method)
+        self._check_probes(trainer)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -147,6 +167,25 @@ class ProbeHeatmaps(Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._explain_and_log(trainer, pl_module, update_drift=False)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Put the run's end results in TensorBoard's HParams tab, next to its hyperparameters."""
+        if not trainer.is_global_zero:
+            return
+        final = {}
+        accuracy = trainer.callback_metrics.get("val/acc")
+        if accuracy is not None:
+            final["hparams/val_acc"] = float(accuracy)
+        for name in ("pointing_game", "energy_in_mask"):
+            value = self.last_scalars.get(f"explain/{name}")
+            if value is not None:
+                final[f"hparams/{name}"] = value
+        if not final:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # The hyperparameters Lightning logged at the start, now with metrics: one HParams session.
+                logger.log_hyperparams(dict(logger.hparams), metrics=final, step=trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -174,9 +213,8 @@ class ProbeHeatmaps(Callback):
             return
         batch = self._probe_batch(trainer, pl_module)
         images, labels = batch["image"], batch["label"]
-        net = getattr(pl_module, "net", None)
-        net = pl_module if net is None else net
-        explained = explain_batch(net, images, labels.clamp_min(0), self.layer, self.method)
+        layer = explain_layers(pl_module, self.layer)
+        explained = explain_batch(explained_net(pl_module), images, labels.clamp_min(0), layer, self.method)
         # Images without a known label are explained for their predicted class in the "true" column too.
         known = labels >= 0
         true_maps = torch.where(known.view(-1, 1, 1, 1), explained.true_maps, explained.pred_maps)
@@ -187,24 +225,27 @@ class ProbeHeatmaps(Callback):
         names = _class_names(pl_module, explained.probs.shape[1])
         conf = explained.probs.gather(1, explained.preds[:, None])[:, 0].tolist()
         captions = [
-            f"{pid}  true: {class_name(names, t) if t >= 0 else '?'} | pred: {class_name(names, p)} ({c:.2f})"
-            for pid, t, p, c in zip(
-                self._short_ids(), labels.tolist(), explained.preds.tolist(), conf, strict=True
+            f"probe {n} · {source}\n{prediction_line(names, t, p, c)}"
+            for n, (source, t, p, c) in enumerate(
+                zip(self.sources(trainer), labels.tolist(), explained.preds.tolist(), conf, strict=True), 1
             )
         ]
         correct = (explained.preds == labels) | ~known
         hp = getattr(pl_module, "hparams", {})
-        grid = render_rows(
+        pages = render_pages(
             display_images(images, hp.get("mean"), hp.get("std")),
             explained,
             captions,
             correct,
+            method=self.method,
             alpha=self.alpha,
             cmap=self.cmap,
             min_cell=self.min_cell,
         )
         caption = f"epoch {trainer.current_epoch}: {int(correct.sum())} of {len(captions)} probes right"
-        tb.add_image(trainer, tb.explain_tag(trainer, "probes"), grid, caption=caption)
+        tags = page_tags(tb.explain_tag(trainer, "probes"), len(pages))
+        for n, (tag, page) in enumerate(zip(tags, pages, strict=True), 1):
+            tb.add_image(trainer, tag, page, caption=f"{caption} (page {n} of {len(pages)})")
 
         maps = explained.pred_maps if self.scalar_target == "pred" else true_maps
         scalars: dict[str, float] = {}
@@ -236,8 +277,30 @@ class ProbeHeatmaps(Callback):
             return self.pointing_tolerance
         return round(PAPER_TOLERANCE_PX * min(image_size) / PAPER_IMAGE_PX)
 
-    def _short_ids(self) -> list[str]:
-        return [f"#{p}" if isinstance(p, int) else Path(p).name for p in self.probe_ids or []]
+    def sources(self, trainer: L.Trainer) -> list[str]:
+        """Where each probe comes from: ``idx N`` (generated data), its file relative to the data root, or
+        the image path as given in ``probes``."""
+        ids = list(self.probe_ids or [])
+        if ids and isinstance(ids[0], str):
+            return [str(p) for p in ids]
+        return sample_sources(trainer, self.split, [int(i) for i in ids])
+
+    def _check_probes(self, trainer: L.Trainer) -> None:
+        """Probe files that do not exist, or indices outside the split, fail here (at setup)."""
+        if self.probes is None:
+            return
+        if isinstance(self.probes[0], str):
+            missing = [p for p in self.probes if not Path(str(p)).is_file()]
+            if missing:
+                raise ConfigError(
+                    f"ProbeHeatmaps: probe image(s) not found: {', '.join(map(str, missing[:5]))}"
+                    f"{' ...' if len(missing) > 5 else ''} (relative paths start at {Path.cwd()}); "
+                    "fix `probes` in the callback's init_args"
+                )
+            return
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "dataset"):
+            _check_indices(self.probes, len(dm.dataset(self.split)), self.split)
 
     def _probe_batch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Tensor]:
         if self._batch is None:

@@ -12,7 +12,18 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lit_explain.callbacks import _logging as tb
-from lit_explain.callbacks._panels import class_name, display_images, explain_batch, render_rows
+from lit_explain.callbacks._panels import (
+    check_explain_settings,
+    class_name,
+    display_images,
+    explain_batch,
+    explain_layers,
+    explained_net,
+    page_tags,
+    prediction_line,
+    render_pages,
+    sample_sources,
+)
 from lit_explain.data.batch import batch_indices, split_batch
 from lit_explain.errors import ConfigError
 from lit_explain.render import overlay
@@ -25,6 +36,17 @@ TAG_NAMES = {
     "loss": "worst",
     "least_confident_correct": "least_confident_correct",
     "most_confident_correct": "most_confident_correct",
+}
+# How captions and tables name a sample's place in each ranking, and what place 1 means.
+RANK_LABELS = {
+    "loss": "worst",
+    "least_confident_correct": "least confident",
+    "most_confident_correct": "most confident",
+}
+RANK_MEANINGS = {
+    "loss": "highest loss",
+    "least_confident_correct": "lowest confidence among correct",
+    "most_confident_correct": "highest confidence among correct",
 }
 REQUIRED_OUTPUTS = ("per_sample_loss", "probs", "preds", "targets")
 
@@ -95,9 +117,12 @@ class WorstSamples(Callback):
     so there is no second forward pass and no host synchronisation per batch; memory is O(k) whatever the
     size of the validation set. At epoch end every rank joins one ``all_gather`` (the buffers are always
     k long, free slots padded with ``-inf`` scores), then the global-zero rank keeps the overall top-k,
-    explains them (image | CAM predicted | CAM true | Guided Grad-CAM) and logs a captioned grid
-    ``explain/worst`` plus a text table ``explain/worst_table`` (dataset index, rank, classes, confidence,
-    loss). The sanity check is skipped; during ``trainer.test`` the tags are ``explain/test/...``.
+    explains them (image | CAM predicted | CAM true, in misclassified rows only | Guided Grad-CAM) and logs
+    a captioned grid in pages no taller than 1,600 px (``explain/worst/page_0``, ...; worst first, "worst 1"
+    on top) plus a table ``explain/worst_table``: place in the ranking, source (``idx N`` for generated
+    data, the file relative to the data root otherwise), true and predicted class, confidence, loss, and
+    the process that saw the sample when the run is distributed. The sanity check is skipped; during
+    ``trainer.test`` the tags are ``explain/test/...``.
 
     Args:
         k: how many samples each ranking keeps.
@@ -156,6 +181,7 @@ class WorstSamples(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Refuse a run it cannot log or explain in now, not after an epoch of training.
         tb.check_trainer(trainer, type(self).__name__, stage)
+        check_explain_settings(type(self).__name__, pl_module, stage, self.layer, self.method)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._top = {}
@@ -258,13 +284,16 @@ class WorstSamples(Callback):
         return TopK.empty(self.k, (int(channels), *map(int, size)), pl_module.device, torch.float32)
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, mode: str, top: TopK) -> None:
-        net = getattr(pl_module, "net", None)
-        net = pl_module if net is None else net
-        explained = explain_batch(net, top.image, top.label, self.layer, self.method)
+        layer = explain_layers(pl_module, self.layer)
+        explained = explain_batch(explained_net(pl_module), top.image, top.label, layer, self.method)
         names = [str(n) for n in getattr(pl_module, "class_names", None) or range(explained.probs.shape[1])]
+        # Rows arrive sorted by score, worst (or most/least confident) first: position 1 is the extreme.
+        place = RANK_LABELS[mode]
+        sources = sample_sources(trainer, tb.stage_prefix(trainer), top.index.tolist())
+        distributed = trainer.world_size > 1
         rows = list(
             zip(
-                top.index.tolist(),
+                sources,
                 top.rank.tolist(),
                 top.label.tolist(),
                 top.pred.tolist(),
@@ -273,27 +302,45 @@ class WorstSamples(Callback):
                 strict=True,
             )
         )
-        captions = [
-            f"#{i} r{r}  true: {class_name(names, t)} | pred: {class_name(names, p)} ({c:.2f}) | loss {loss:.2f}"
-            for i, r, t, p, c, loss in rows
-        ]
+        captions = []
+        for n, (source, r, t, p, c, loss) in enumerate(rows, 1):
+            process = f" · process {r}" if distributed else ""
+            captions.append(
+                f"{place} {n} · {source}{process}\n{prediction_line(names, t, p, c)} · loss {loss:.2f}"
+            )
         hp = getattr(pl_module, "hparams", {})
         images01 = display_images(top.image, hp.get("mean"), hp.get("std"))
-        grid = render_rows(
+        pages = render_pages(
             images01,
             explained,
             captions,
             top.pred == top.label,
+            method=self.method,
             alpha=self.alpha,
             cmap=self.cmap,
             min_cell=self.min_cell,
         )
         name = TAG_NAMES[mode]
-        caption = f"epoch {trainer.current_epoch}: {name}"
-        tb.add_image(trainer, tb.explain_tag(trainer, name), grid, caption=caption)
+        caption = f"epoch {trainer.current_epoch}: {place} {len(rows)}, {RANK_MEANINGS[mode]} first"
+        tags = page_tags(tb.explain_tag(trainer, name), len(pages))
+        for n, (tag, page) in enumerate(zip(tags, pages, strict=True), 1):
+            tb.add_image(trainer, tag, page, caption=f"{caption} (page {n} of {len(pages)})")
+        columns = [
+            f"{place} (1 = {RANK_MEANINGS[mode]})",
+            "source",
+            "true",
+            "predicted",
+            "confidence",
+            "loss",
+        ]
+        table_rows = [
+            [n, source, class_name(names, t), class_name(names, p), round(c, 4), round(loss, 4)]
+            + ([r] if distributed else [])
+            for n, (source, r, t, p, c, loss) in enumerate(rows, 1)
+        ]
         table = Table(
-            ("dataset index", "rank", "true", "predicted", "confidence", "loss"),
-            [(i, r, class_name(names, t), class_name(names, p), c, loss) for i, r, t, p, c, loss in rows],
+            tuple(columns + (["process"] if distributed else [])),
+            table_rows,
             # Trackers with image tables (W&B) show each sample next to its CAM; PNGs only encoded there.
             images={"image | CAM predicted": self._row_pictures(images01, explained.pred_maps)},
         )

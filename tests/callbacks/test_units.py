@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -128,3 +130,117 @@ def test_true_class_maps_reuse_the_predicted_ones_only_where_right() -> None:
     expected = cam(net, images, layer="layer3", targets=labels).maps
     assert torch.allclose(explained.true_maps, expected, atol=1e-5)
     assert torch.equal(explained.preds, preds)
+
+
+class _CountBatches(L.Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_start(self, *args: object) -> None:
+        self.batches += 1
+
+    def on_validation_batch_start(self, *args: object) -> None:
+        self.batches += 1
+
+
+@pytest.mark.parametrize(
+    ("callback", "expected"),
+    [
+        (lambda: ProbeHeatmaps(layer="layer5"), ["layer=", "layer5", "layer4", "init_args"]),
+        (lambda: WorstSamples(layer=["layer2", "layr3"]), ["layr3", "layer3"]),
+        (lambda: ProbeHeatmaps(method="gradcamm"), ["gradcamm", "gradcam++", "layercam"]),
+        (lambda: WorstSamples(method="nope"), ["nope", "hirescam"]),
+        (lambda: ProbeHeatmaps(probes=[3, 999]), ["[999]", "0..63"]),
+        (lambda: ProbeHeatmaps(probes=["no/such/leaf.jpg"]), ["no/such/leaf.jpg", "not found"]),
+    ],
+)
+def test_callback_settings_fail_at_setup_before_any_batch(tmp_path, callback, expected: list[str]) -> None:
+    from callback_helpers import tiny_datamodule
+
+    from lit_explain.models import ImageClassifier
+
+    counter = _CountBatches()
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=TensorBoardLogger(tmp_path),
+        callbacks=[callback(), counter],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    with pytest.raises(ConfigError) as info:
+        trainer.fit(ImageClassifier("resnet18"), datamodule=tiny_datamodule())
+    assert counter.batches == 0  # not even the sanity check ran
+    message = str(info.value)
+    assert all(word in message for word in expected), message
+
+
+def _explained(n: int, wrong: list[int], size: int = 64):
+    from lit_explain.callbacks._panels import Explained
+
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(n, 1, size, size, generator=generator)
+    preds = torch.zeros(n, dtype=torch.long)
+    labels = preds.clone()
+    labels[wrong] = 1
+    explained = Explained(
+        probs=torch.full((n, 2), 0.5),
+        preds=preds,
+        pred_maps=maps,
+        true_maps=1 - maps,
+        guided=torch.rand(n, 3, size, size, generator=generator),
+    )
+    return torch.rand(n, 3, size, size, generator=generator), explained, preds == labels
+
+
+def test_pages_stay_under_the_card_limits_with_a_true_column_only_for_errors() -> None:
+    from lit_explain.callbacks._panels import MAX_PAGE_PX, PAD, render_pages
+
+    images, explained, correct = _explained(48, wrong=[1, 5], size=48)  # 48 px cells upscaled x2 to 96
+    captions = [f"probe {i}\ntrue: a · pred: b (confidence 0.50)" for i in range(48)]
+    pages = render_pages(images, explained, captions, correct, min_cell=96)
+    assert len(pages) >= 4 and all(p.shape[1] <= MAX_PAGE_PX for p in pages)
+    width = pages[0].shape[2]
+    assert width == 4 * 96 + 5 * PAD  # image | predicted | true | guided
+    # The true-class cell is blank where the prediction is right (row 0) and drawn where it is wrong (row 1).
+    title_h = PAD + math.ceil(readable(width) * 1.6)
+    row_h = 96 + math.ceil(readable(width) * 1.6) + math.ceil(readable(width) * 1.3) + PAD
+    x0 = PAD + 2 * (96 + PAD)
+    cell = lambda r: pages[0][:, title_h + r * row_h : title_h + r * row_h + 96, x0 : x0 + 96]  # noqa: E731
+    assert (cell(0) == 255).all() and not (cell(1) == 255).all()
+    # All right: the column is left out.
+    images, explained, correct = _explained(8, wrong=[], size=48)
+    pages = render_pages(images, explained, captions[:8], correct, min_cell=96)
+    assert pages[0].shape[2] == 3 * 96 + 4 * PAD
+
+
+def readable(width: int) -> int:
+    from lit_explain.callbacks._panels import readable_font_px
+
+    return readable_font_px(width)
+
+
+def test_sources_name_files_relative_to_the_data_root_or_the_dataset_index(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from lit_explain.callbacks._panels import sample_sources
+    from lit_explain.data import ShapesDataModule
+
+    shapes = SimpleNamespace(datamodule=ShapesDataModule(val_size=10))
+    assert sample_sources(shapes, "val", [2, 0, -1]) == ["idx 2", "idx 0", "?"]
+    record = SimpleNamespace(path=tmp_path / "Ovate" / "Ovate_003.jpg")
+    files = SimpleNamespace(
+        root=tmp_path, dataset=lambda split: SimpleNamespace(records=[record, record, record])
+    )
+    assert sample_sources(SimpleNamespace(datamodule=files), "val", [1]) == ["Ovate/Ovate_003.jpg"]
+    own = SimpleNamespace(sample_source=lambda split, i: f"{split}:{i}")
+    assert sample_sources(SimpleNamespace(datamodule=own), "test", [4]) == ["test:4"]
+
+
+@pytest.mark.parametrize(("classes", "has_top5"), [(4, False), (5, False), (6, True)])
+def test_top5_accuracy_exists_only_with_more_than_five_classes(classes: int, has_top5: bool) -> None:
+    from lit_explain.models import ImageClassifier
+
+    model = ImageClassifier("resnet18", num_classes=classes)
+    assert all(hasattr(model, f"{stage}_acc_top5") == has_top5 for stage in ("train", "val", "test"))
