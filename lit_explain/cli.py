@@ -147,11 +147,16 @@ class LitExplainCLI(LightningCLI):
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
-        if subcommand == "fit" and self._resume is not None:
-            continue_run_folder(self.trainer, *self._resume)
+        resumed = subcommand == "fit" and self._resume is not None
+        in_place = resumed and continue_run_folder(self.trainer, *self._resume) is not None
         guard = RunFolderGuard(self.trainer, self.batch_tracker)
         try:
-            super()._run_subcommand(subcommand)
+            with warnings.catch_warnings():
+                if in_place:  # expected when a run continues in its own folder
+                    warnings.filterwarnings(
+                        "ignore", message=r"Checkpoint directory .* exists and is not empty"
+                    )
+                super()._run_subcommand(subcommand)
         except BaseException:
             guard.remove_unused()
             raise

@@ -22,13 +22,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 # Lightning names a second "last" checkpoint in the same folder last-v1.ckpt.
 LAST_NAME = re.compile(r"^last(-v\d+)?\.ckpt$")
-# Where a last.ckpt sits below a logger root: its own folder, a no-logger run, a run version, a project/run.
-LAST_GLOBS = (
-    "last*.ckpt",
-    "checkpoints/last*.ckpt",
-    "*/checkpoints/last*.ckpt",
-    "*/*/checkpoints/last*.ckpt",
-)
+# Where a last.ckpt sits below a root: a ModelCheckpoint dirpath, a run without logger, a logger's run folder.
+LAST_GLOBS = ("last*.ckpt", "checkpoints/last*.ckpt", "*/checkpoints/last*.ckpt")
 # Files loggers and the CLI write while a run starts (before any batch), the only ones cleanup may remove.
 STARTUP_FILES = ("hparams.yaml", "config.yaml", "metrics.csv")
 

@@ -80,15 +80,20 @@ def http_server(directory: Path) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def scalar_steps(run_dir: Path, tag: str) -> list[int]:
-    """Steps of a scalar as TensorBoard shows them (events purged by a restart are dropped)."""
+def scalar_points(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a scalar as TensorBoard shows it (events purged by a restart are dropped)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
     if tag not in accumulator.Tags()["scalars"]:
         return []
-    return [event.step for event in accumulator.Scalars(tag)]
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def scalar_steps(run_dir: Path, tag: str) -> list[int]:
+    """Steps of a scalar as TensorBoard shows them."""
+    return [step for step, _ in scalar_points(run_dir, tag)]
 
 
 def scalar_tags(run_dir: Path) -> list[str]:
@@ -105,12 +110,13 @@ def run_folders(root: Path) -> list[Path]:
 
 
 class KillAtStep(Callback):
-    """SIGKILL this process after optimizer step ``step`` (TensorBoard flushed first, as in a long run)."""
+    """SIGKILL this process when training reaches ``step``, before that batch (the earlier batches' logs
+    written and flushed, as most of them are in a long run)."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+    def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
         if trainer.global_step == self.step:
             trainer.logger.experiment.flush()
             os.kill(os.getpid(), signal.SIGKILL)
