@@ -22,6 +22,7 @@ x 2, about 179 megapixels in the header) is refused the same way.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,23 @@ from lit_explain.errors import DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 50_000_000  # a 50-megapixel photo is fine, a 30,000 x 30,000 bomb is not
 REDUCE_MARGIN = 2  # decoded images keep at least twice the target size, so the final resize sets the quality
-# Modes Image.reduce averages directly; palette, 1-bit, 16-bit and alpha images are converted first.
-_REDUCIBLE_MODES = {"L", "RGB", "CMYK", "YCbCr", "F"}
+# Modes Image.reduce averages directly, right after decoding; any other mode (palette, 1-bit, 16-bit,
+# alpha) is converted to the requested mode at full size first, which costs more memory.
+REDUCED_BEFORE_CONVERSION = frozenset({"L", "RGB", "CMYK", "YCbCr", "F"})
+# What PIL's parsers raise on malformed files besides OSError (fuzzed headers, odd chunk lengths).
+_PARSE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    RecursionError,
+)
 
 ImageInput = str | Path | bytes | bytearray | Image.Image
 
@@ -94,6 +110,11 @@ def describe_source(source: object) -> str:
     return f"the {type(source).__name__}"
 
 
+def _reason(exc: BaseException) -> str:
+    # OSError and ValueError messages read on their own ("image file is truncated"); others need the type.
+    return str(exc) if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {exc}"
+
+
 def _target_side(size: int | Sequence[int] | None) -> int | None:
     # The larger target side for both axes: independent of EXIF rotation, never reduces below the target.
     if size is None:
@@ -122,9 +143,9 @@ def _open(source: str | Path | bytes | bytearray, name: str) -> tuple[Image.Imag
             f"cannot decode {name}: not a recognised image format "
             f"(supported: {', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})"
         ) from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except _PARSE_ERRORS as exc:
         handle.close()
-        raise ImageDecodeError(f"cannot decode {name}: {exc}") from exc
+        raise ImageDecodeError(f"cannot decode {name}: {_reason(exc)}") from exc
 
 
 def _check_count(
@@ -202,7 +223,7 @@ def _finish(image: Image.Image, mode: str, side: int | None, owned: bool) -> Ima
 
     ``owned``: the image is ours to change in place (decoded here), not the caller's.
     """
-    early = image.mode in _REDUCIBLE_MODES
+    early = image.mode in REDUCED_BEFORE_CONVERSION
     if early:
         reduced = _reduce(image, side)
         owned, image = owned or reduced is not image, reduced
@@ -245,8 +266,8 @@ def decode_image(
         _check_count(source.size, source.size, name, max_pixels, limit_hint)
         try:
             return DecodedImage(_finish(source, mode, side, owned=False), source.size, source.mode)
-        except (OSError, ValueError) as exc:
-            raise ImageDecodeError(f"cannot use {name} of mode {source.mode}: {exc}") from exc
+        except _PARSE_ERRORS as exc:
+            raise ImageDecodeError(f"cannot use {name} of mode {source.mode}: {_reason(exc)}") from exc
     image, handle = _open(bytes(source) if isinstance(source, bytearray) else source, name)
     try:
         with handle, image:
@@ -256,8 +277,8 @@ def decode_image(
             return DecodedImage(_finish(image, mode, side, owned=True), *original)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(f"cannot decode {name}: {exc}") from exc
+    except _PARSE_ERRORS as exc:
+        raise ImageDecodeError(f"cannot decode {name}: {_reason(exc)}") from exc
 
 
 def load_image(

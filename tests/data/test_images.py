@@ -116,3 +116,22 @@ def test_messages_never_show_object_reprs() -> None:
         message = str(caught.value)
         assert message.startswith("cannot decode the image bytes: "), message
         assert "BytesIO" not in message and " at 0x" not in message, message
+
+
+@pytest.mark.parametrize(
+    "error", [EOFError("no more data"), KeyError(7), ZeroDivisionError("division by zero")]
+)
+def test_any_parser_failure_names_the_file(tmp_path: Path, monkeypatch, error: Exception) -> None:
+    # Fuzzed files make PIL's parsers raise more than OSError; each must still be a named decode error.
+    path = tmp_path / "fuzzed.png"
+    Image.new("RGB", (8, 8)).save(path)
+
+    def broken_load(self):
+        raise error
+
+    monkeypatch.setattr(Image.Image, "load", broken_load)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", broken_load)
+    with pytest.raises(
+        ImageDecodeError, match=rf"^cannot decode image .*fuzzed\.png: {type(error).__name__}: "
+    ):
+        load_image(path)
