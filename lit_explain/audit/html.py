@@ -172,6 +172,90 @@ draw();
 """
 
 
+# The page's script: reads the report embedded by _data_script and fills the sections (no network access).
+_INDEX_SCRIPT = """"use strict";
+const report = JSON.parse(document.getElementById("report-data").textContent);
+const names = report.class_names;
+function fmt(x, d) { return x === null || x === undefined ? "n/a" : (typeof x === "number" ? x.toFixed(d === undefined ? 3 : d) : String(x)); }
+function td(text, cls) { const c = document.createElement("td"); c.textContent = text; if (cls) c.className = cls; return c; }
+function row(table, cells, header) {
+  const tr = document.createElement("tr");
+  for (const c of cells) { const e = document.createElement(header ? "th" : "td"); e.textContent = c; tr.appendChild(e); }
+  table.appendChild(tr); return tr;
+}
+function kv(table, pairs) { table.textContent = ""; for (const [k, v] of pairs) row(table, [k, v]); }
+const cal = report.calibration;
+document.getElementById("summary").textContent =
+  report.split + " split: " + report.num_samples + " samples, " + report.num_classes + " classes; accuracy " + fmt(report.accuracy, 4) +
+  "; mean confidence " + fmt(cal.mean_confidence) +
+  (cal.direction ? " (" + cal.direction + ", gap " + fmt(cal.gap) + ")" : "") + "; ECE " + fmt(cal.ece) + "; " + cal.errors + " errors (" +
+  cal.high_confidence_errors + " with confidence >= 0.9)" + (report.timing ? "; audit took " + fmt(report.timing.total_s, 1) + " s" : "");
+for (const r of report.recommendations) {
+  const li = document.createElement("li"); li.className = r.severity;
+  li.textContent = "[" + r.severity + "] " + r.message + " \\u2192 " + r.action;
+  document.getElementById("recommendations").appendChild(li);
+}
+const att = report.attention, o = att.overall;
+const attRows = [["method / layer", att.method + " / " + att.layer], ["explained samples", att.explained_samples],
+  ["concentration (pred. class), right / wrong", fmt(o.concentration_pred_right) + " / " + fmt(o.concentration_pred_wrong)]];
+if (att.has_masks) {
+  attRows.push(["energy inside the object, right / wrong", fmt(o.energy_in_mask_right) + " / " + fmt(o.energy_in_mask_wrong) + " (object area " + fmt(o.mask_area) + ")"]);
+  attRows.push(["pointing game", fmt(o.pointing_game)]);
+}
+if (att.faithfulness.samples) attRows.push(["deletion / insertion AUC (random maps)", fmt(att.faithfulness.deletion_auc) + " / " + fmt(att.faithfulness.insertion_auc) +
+  " (" + fmt(att.faithfulness.random_deletion_auc) + " / " + fmt(att.faithfulness.random_insertion_auc) + ")"]);
+if (att.randomisation.samples) attRows.push(["model randomisation: Spearman", fmt(att.randomisation.spearman_mean) + (att.randomisation.passed ? " (passes)" : " (FAILS)")]);
+if (att.fixed_region.samples) attRows.push(["hottest region", att.fixed_region.hot_cell + ": peak of " + fmt(100 * att.fixed_region.peak_share, 0) + "% of maps" + (att.fixed_region.flagged ? " (FLAGGED)" : "")]);
+kv(document.getElementById("attention"), attRows);
+const pairsTable = document.getElementById("pairs");
+row(pairsTable, ["#", "true", "predicted", "count", "share of class"], true);
+for (const p of report.confused_pairs) {
+  const tr = row(pairsTable, [p.rank, p.true_name, p.pred_name, p.count, fmt(p.share_of_true_class)]);
+  if (p.panel) { const a = document.createElement("a"); a.href = p.panel; a.textContent = " panel"; tr.lastChild.appendChild(a); }
+}
+const select = document.getElementById("class-select");
+for (const r of report.per_class) {
+  const opt = document.createElement("option"); opt.value = String(r.id);
+  opt.textContent = r.id + " " + r.name + " (" + fmt(r.accuracy) + ")"; select.appendChild(opt);
+}
+function showClass(id) {
+  const r = report.per_class.find(x => x.id === id);
+  if (!r) return;
+  select.value = String(id);
+  const a = r.attention || {};
+  const stats = [["class", r.id + " " + r.name], ["accuracy", fmt(r.accuracy) + " (" + r.correct + "/" + r.support + ")"],
+    ["mean confidence", fmt(r.mean_confidence)], ["mean loss", fmt(r.mean_loss)],
+    ["most confused with", (r.most_confused_with || "-") + " (" + r.most_confused_count + ")"], ["predicted as this class", r.predicted_as_this],
+    ["concentration right / wrong", fmt(a.concentration_pred_right) + " / " + fmt(a.concentration_pred_wrong)]];
+  if (att.has_masks) stats.push(["energy in object right / wrong", fmt(a.energy_in_mask_right) + " / " + fmt(a.energy_in_mask_wrong)],
+                                ["pointing game", fmt(a.pointing_game)]);
+  kv(document.getElementById("class-stats"), stats);
+  const pt = document.getElementById("class-pairs"); pt.textContent = "";
+  row(pt, ["true", "predicted", "count"], true);
+  for (const p of report.confused_pairs.filter(p => p.true_id === id || p.pred_id === id)) row(pt, [p.true_name, p.pred_name, p.count]);
+  const img = document.getElementById("class-panel");
+  if (r.panel) { img.src = r.panel; img.hidden = false; } else { img.removeAttribute("src"); img.hidden = true; }
+  const st = document.getElementById("class-samples"); st.textContent = "";
+  row(st, ["", "file / sample", "true", "predicted", "confidence"], true);
+  for (const x of r.samples || []) row(st, [x.role, x.source, x.true_name, x.pred_name, fmt(x.confidence, 2)]);
+  if (location.hash !== "#class-" + id) history.replaceState(null, "", "#class-" + id);
+}
+select.addEventListener("change", () => showClass(Number(select.value)));
+function step(d) { const i = select.selectedIndex + d; if (i >= 0 && i < select.options.length) showClass(Number(select.options[i].value)); }
+document.getElementById("prev").addEventListener("click", () => step(-1));
+document.getElementById("next").addEventListener("click", () => step(1));
+const fromHash = /^#class-(\\d+)$/.exec(location.hash);
+showClass(fromHash ? Number(fromHash[1]) : report.per_class[0].id);
+if (report.compare) {
+  document.getElementById("compare-section").hidden = false;
+  const c = report.compare, div = document.getElementById("compare");
+  div.textContent = "vs " + c.other + ": accuracy " + fmt(c.other_accuracy, 4) + " -> " + fmt(c.accuracy, 4) +
+    (c.attention_drift_mean === null ? "" : "; mean attention drift " + fmt(c.attention_drift_mean) + " over " + c.drift_samples + " probe images");
+  const img = document.createElement("img"); img.src = c.figure; img.alt = "comparison"; div.appendChild(document.createElement("br")); div.appendChild(img);
+}
+"""
+
+
 def index_page(report: Mapping[str, Any]) -> str:
     """index.html: summary, recommendations, figures, and a class selector showing that class's numbers and panels."""
     return f"""<!DOCTYPE html>
@@ -198,85 +282,5 @@ def index_page(report: Mapping[str, Any]) -> str:
 </main>
 {_data_script(report)}
 <script>
-"use strict";
-const report = JSON.parse(document.getElementById("report-data").textContent);
-const names = report.class_names;
-function fmt(x, d) {{ return x === null || x === undefined ? "n/a" : (typeof x === "number" ? x.toFixed(d === undefined ? 3 : d) : String(x)); }}
-function td(text, cls) {{ const c = document.createElement("td"); c.textContent = text; if (cls) c.className = cls; return c; }}
-function row(table, cells, header) {{
-  const tr = document.createElement("tr");
-  for (const c of cells) {{ const e = document.createElement(header ? "th" : "td"); e.textContent = c; tr.appendChild(e); }}
-  table.appendChild(tr); return tr;
-}}
-function kv(table, pairs) {{ table.textContent = ""; for (const [k, v] of pairs) row(table, [k, v]); }}
-const cal = report.calibration;
-document.getElementById("summary").textContent =
-  report.split + " split: " + report.num_samples + " samples, " + report.num_classes + " classes; accuracy " + fmt(report.accuracy, 4) +
-  "; mean confidence " + fmt(cal.mean_confidence) +
-  (cal.direction ? " (" + cal.direction + ", gap " + fmt(cal.gap) + ")" : "") + "; ECE " + fmt(cal.ece) + "; " + cal.errors + " errors (" +
-  cal.high_confidence_errors + " with confidence >= 0.9)" + (report.timing ? "; audit took " + fmt(report.timing.total_s, 1) + " s" : "");
-for (const r of report.recommendations) {{
-  const li = document.createElement("li"); li.className = r.severity;
-  li.textContent = "[" + r.severity + "] " + r.message + " \\u2192 " + r.action;
-  document.getElementById("recommendations").appendChild(li);
-}}
-const att = report.attention, o = att.overall;
-const attRows = [["method / layer", att.method + " / " + att.layer], ["explained samples", att.explained_samples],
-  ["concentration (pred. class), right / wrong", fmt(o.concentration_pred_right) + " / " + fmt(o.concentration_pred_wrong)]];
-if (att.has_masks) {{
-  attRows.push(["energy inside the object, right / wrong", fmt(o.energy_in_mask_right) + " / " + fmt(o.energy_in_mask_wrong) + " (object area " + fmt(o.mask_area) + ")"]);
-  attRows.push(["pointing game", fmt(o.pointing_game)]);
-}}
-if (att.faithfulness.samples) attRows.push(["deletion / insertion AUC (random maps)", fmt(att.faithfulness.deletion_auc) + " / " + fmt(att.faithfulness.insertion_auc) +
-  " (" + fmt(att.faithfulness.random_deletion_auc) + " / " + fmt(att.faithfulness.random_insertion_auc) + ")"]);
-if (att.randomisation.samples) attRows.push(["model randomisation: Spearman", fmt(att.randomisation.spearman_mean) + (att.randomisation.passed ? " (passes)" : " (FAILS)")]);
-if (att.fixed_region.samples) attRows.push(["hottest region", att.fixed_region.hot_cell + ": peak of " + fmt(100 * att.fixed_region.peak_share, 0) + "% of maps" + (att.fixed_region.flagged ? " (FLAGGED)" : "")]);
-kv(document.getElementById("attention"), attRows);
-const pairsTable = document.getElementById("pairs");
-row(pairsTable, ["#", "true", "predicted", "count", "share of class"], true);
-for (const p of report.confused_pairs) {{
-  const tr = row(pairsTable, [p.rank, p.true_name, p.pred_name, p.count, fmt(p.share_of_true_class)]);
-  if (p.panel) {{ const a = document.createElement("a"); a.href = p.panel; a.textContent = " panel"; tr.lastChild.appendChild(a); }}
-}}
-const select = document.getElementById("class-select");
-for (const r of report.per_class) {{
-  const opt = document.createElement("option"); opt.value = String(r.id);
-  opt.textContent = r.id + " " + r.name + " (" + fmt(r.accuracy) + ")"; select.appendChild(opt);
-}}
-function showClass(id) {{
-  const r = report.per_class.find(x => x.id === id);
-  if (!r) return;
-  select.value = String(id);
-  const a = r.attention || {{}};
-  const stats = [["class", r.id + " " + r.name], ["accuracy", fmt(r.accuracy) + " (" + r.correct + "/" + r.support + ")"],
-    ["mean confidence", fmt(r.mean_confidence)], ["mean loss", fmt(r.mean_loss)],
-    ["most confused with", (r.most_confused_with || "-") + " (" + r.most_confused_count + ")"], ["predicted as this class", r.predicted_as_this],
-    ["concentration right / wrong", fmt(a.concentration_pred_right) + " / " + fmt(a.concentration_pred_wrong)]];
-  if (att.has_masks) stats.push(["energy in object right / wrong", fmt(a.energy_in_mask_right) + " / " + fmt(a.energy_in_mask_wrong)],
-                                ["pointing game", fmt(a.pointing_game)]);
-  kv(document.getElementById("class-stats"), stats);
-  const pt = document.getElementById("class-pairs"); pt.textContent = "";
-  row(pt, ["true", "predicted", "count"], true);
-  for (const p of report.confused_pairs.filter(p => p.true_id === id || p.pred_id === id)) row(pt, [p.true_name, p.pred_name, p.count]);
-  const img = document.getElementById("class-panel");
-  if (r.panel) {{ img.src = r.panel; img.hidden = false; }} else {{ img.removeAttribute("src"); img.hidden = true; }}
-  const st = document.getElementById("class-samples"); st.textContent = "";
-  row(st, ["", "file / sample", "true", "predicted", "confidence"], true);
-  for (const x of r.samples || []) row(st, [x.role, x.source, x.true_name, x.pred_name, fmt(x.confidence, 2)]);
-  if (location.hash !== "#class-" + id) history.replaceState(null, "", "#class-" + id);
-}}
-select.addEventListener("change", () => showClass(Number(select.value)));
-function step(d) {{ const i = select.selectedIndex + d; if (i >= 0 && i < select.options.length) showClass(Number(select.options[i].value)); }}
-document.getElementById("prev").addEventListener("click", () => step(-1));
-document.getElementById("next").addEventListener("click", () => step(1));
-const fromHash = /^#class-(\\d+)$/.exec(location.hash);
-showClass(fromHash ? Number(fromHash[1]) : report.per_class[0].id);
-if (report.compare) {{
-  document.getElementById("compare-section").hidden = false;
-  const c = report.compare, div = document.getElementById("compare");
-  div.textContent = "vs " + c.other + ": accuracy " + fmt(c.other_accuracy, 4) + " -> " + fmt(c.accuracy, 4) +
-    (c.attention_drift_mean === null ? "" : "; mean attention drift " + fmt(c.attention_drift_mean) + " over " + c.drift_samples + " probe images");
-  const img = document.createElement("img"); img.src = c.figure; img.alt = "comparison"; div.appendChild(document.createElement("br")); div.appendChild(img);
-}}
-</script></body></html>
+{_INDEX_SCRIPT}</script></body></html>
 """
