@@ -244,3 +244,15 @@ def test_top5_accuracy_exists_only_with_more_than_five_classes(classes: int, has
 
     model = ImageClassifier("resnet18", num_classes=classes)
     assert all(hasattr(model, f"{stage}_acc_top5") == has_top5 for stage in ("train", "val", "test"))
+
+
+def test_layer_none_takes_the_models_default_explanation_layers() -> None:
+    from torchvision.models import resnet18
+
+    from lit_explain.callbacks._panels import explain_layers
+    from lit_explain.models import ImageClassifier
+
+    model = ImageClassifier("resnet18", num_classes=6, input_size=[64, 64])
+    assert explain_layers(model, None) == ["layer2", "layer3"]  # layer4 would be 2x2 at 64 px
+    assert explain_layers(model, "layer4") == "layer4"  # a configured layer wins
+    assert explain_layers(resnet18(), None) is None  # a plain network: the engine's automatic choice
