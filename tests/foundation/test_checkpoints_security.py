@@ -114,3 +114,21 @@ def test_a_real_checkpoint_validates_from_a_url(shapes_checkpoint, tmp_path, cap
             capsys, tmp_path, "validate", "--ckpt_path", f"{url}/model.ckpt", "--trainer.limit_val_batches=1"
         )
     assert code == 0, lines
+
+
+def test_a_tampered_torchvision_cache_file_runs_nothing(tmp_path, monkeypatch):
+    # torchvision reads cached ImageNet weights with torch.hub's default weights_only=False.
+    import os
+    from urllib.parse import urlparse
+
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / os.path.basename(urlparse(url).path)
+    cached.parent.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    write_malicious_checkpoint(cached, marker)
+    with pytest.raises(CheckpointError, match="cannot load resnet18 weights"):
+        load_classifier("torchvision:resnet18")
+    assert not marker.exists()
