@@ -53,17 +53,24 @@ def test_recipes_keep_last_ckpt_and_no_placeholder_hp_metric(name):
     }.items() <= (checkpoints[1].items())
 
 
-def test_a_run_failing_in_setup_leaves_no_run_folder(tmp_path, capsys):
-    code = main(
-        [
-            "fit",
-            "--config",
-            str(tiny_recipe(tmp_path / "tiny.yaml")),
-            "--model.num_classes=10",
-            f"--trainer.default_root_dir={tmp_path / 'runs'}",
-        ]
-    )
-    assert code == 2 and "num_classes=10 disagrees" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("num_classes", "num_classes=10 disagrees"),
+        ("callback_layer", "ProbeHeatmaps: layer='layer5'"),
+    ],
+)
+def test_a_run_failing_in_setup_leaves_no_run_folder(change, message, tmp_path, capsys):
+    config = tiny_recipe(tmp_path / "tiny.yaml")
+    args = ["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path / 'runs'}"]
+    if change == "num_classes":
+        args.append("--model.num_classes=10")
+    else:
+        recipe = yaml.safe_load(config.read_text())
+        probes = {"class_path": "lit_explain.callbacks.ProbeHeatmaps", "init_args": {"layer": "layer5"}}
+        recipe["trainer"]["callbacks"].append(probes)
+        config.write_text(yaml.safe_dump(recipe))
+    assert main(args) == 2 and message in capsys.readouterr().err
     assert run_folders(tmp_path) == [] and not (tmp_path / "runs").exists()
 
 
