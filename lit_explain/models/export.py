@@ -59,6 +59,7 @@ def plain_export(checkpoint: dict[str, Any], source: str = "<checkpoint>") -> di
         "mean": hp.get("mean") or extra.get("mean"),
         "std": hp.get("std") or extra.get("std"),
         "input_size": hp.get("input_size") or extra.get("input_size"),
+        "backbone_kwargs": hp.get("backbone_kwargs"),  # timm models: rebuilds the same network
         EXPORT_MARKER: 1,
     }
 

@@ -167,6 +167,10 @@ def _from_plain(
             f"{source!r} is a plain weights file without a backbone name; pass the architecture it was "
             "trained with, e.g. --backbone resnet18 (load_classifier(path, backbone='resnet18'))"
         )
+    if str(backbone).startswith("timm:"):
+        from lit_explain.models.timm_loading import timm_classifier_from_state
+
+        return timm_classifier_from_state(checkpoint, plain_state_dict(checkpoint, source), backbone, hparams, source)
     _check_name(backbone)
     state = plain_state_dict(checkpoint, source)
     probe = torchvision.models.get_model(backbone, weights=None)

@@ -186,3 +186,23 @@ def test_default_explanation_layers_follow_the_backbone() -> None:
     assert cifar.default_explain_layers == ["layer4"]
     vgg = build_backbone("vgg11", 3)
     assert default_explain_layers(vgg, 3, [64, 64]) == ["features"]
+
+
+def test_checkpoint_and_export_round_trip(tmp_path: Path) -> None:
+    """hyper_parameters alone rebuild a timm model; the exported plain file loads back too."""
+    from lit_explain.models import classifier_from_checkpoint, load_classifier
+    from lit_explain.models.export import export_checkpoint
+
+    torch.manual_seed(0)
+    model = _shapes_model(VIT, backbone_kwargs={"patch_size": 8, "depth": 2})
+    ckpt = tmp_path / "vit.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
+    images = torch.randn(2, 3, 64, 64)
+    expected = model.eval()(images)
+    rebuilt = classifier_from_checkpoint(ckpt)
+    assert torch.allclose(rebuilt(images), expected, atol=1e-6)
+    export_checkpoint(ckpt, tmp_path / "vit.pth")
+    plain = load_classifier(tmp_path / "vit.pth")
+    assert plain.hparams.backbone == VIT and plain.class_names == model.class_names
+    assert plain.hparams.input_size == [64, 64] and plain.hparams.mean == model.hparams.mean
+    assert torch.allclose(plain(images), expected, atol=1e-6)
