@@ -120,11 +120,12 @@ def render_pages(
     true = overlay(images01, true_maps, alpha=alpha, cmap=cmap) if any(wrong) else None
     guided = _fit_cells(guided_to_image(explained.guided)) if explained.guided is not None else None
     label = METHOD_LABELS.get(method, method)
-    titles = ["image", f"{label}: predicted class"]
+    # Short titles fit a cell at the readable font size; the colour bar names the method.
+    titles = ["image", "predicted"]
     if true is not None:
-        titles.append(f"{label}: true class")
+        titles.append("true class")
     if guided is not None:
-        titles.append(f"Guided {label}")
+        titles.append("guided")
     rows = []
     for i in range(images01.shape[0]):
         row = [images01[i], pred[i]]
@@ -136,7 +137,7 @@ def render_pages(
     cell = _cell_px(tuple(images01.shape[-2:]), min_cell)
     width = len(titles) * cell[1] + (len(titles) + 1) * PAD
     font_px = readable_font_px(width)
-    footer = colorbar(width, cmap, label=f"{label}, each map scaled to its own peak", font_size=font_px)
+    footer = colorbar(width, cmap, label=f"{label} (per-map peak = 1)", font_size=font_px)
     return panel_pages(
         rows,
         list(captions),

@@ -41,13 +41,20 @@ def test_ddp_fit_logs_each_grid_once_per_epoch_with_samples_from_both_ranks(tmp_
     acc = events(log_dir)
     steps_per_epoch = 64 // 16 // 2  # each rank sees half of every epoch's batches
     steps = [steps_per_epoch * (e + 1) for e in range(EPOCHS)]
-    for tag in ("explain/probes", "explain/worst", "val/confusion_matrix", "val/per_class_accuracy"):
+    for tag in (
+        "explain/probes/page_0",
+        "explain/worst/page_0",
+        "val/confusion_matrix",
+        "val/per_class_accuracy",
+    ):
         assert [e.step for e in acc.Images(tag)] == steps, tag
     table = acc.Tensors("explain/worst_table/text_summary")
     assert len(table) == EPOCHS
     for entry in table:
         text = entry.tensor_proto.string_val[0].decode()
-        rows = re.findall(r"^\| (\d+) \| (\d+) \|", text, flags=re.MULTILINE)
+        assert "process" in text.splitlines()[0]  # a distributed run says which process saw each sample
+        # | place | idx N | true | predicted | confidence | loss | process |
+        rows = re.findall(r"^\| \d+ \| idx (\d+) \|.*\| (\d+) \|$", text, flags=re.MULTILINE)
         assert len(rows) == 16
         assert {rank for _, rank in rows} == {"0", "1"}
         # DistributedSampler without shuffling deals dataset index i to rank i % 2.
