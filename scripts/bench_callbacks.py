@@ -9,12 +9,15 @@
     python scripts/bench_callbacks.py                          # shapes, CPU, defaults of the issue
     python scripts/bench_callbacks.py --epochs 3 --train-size 1000 --memory-sizes 1000 4000
     python scripts/bench_callbacks.py --config configs/cifar100_resnet34.yaml --accelerator gpu
+    python scripts/bench_callbacks.py --loggers tensorboard csv --repeats 3   # time inside the callbacks:
+        # TensorBoard alone vs TensorBoard + the other loggers (each picture is encoded once for all)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -132,7 +135,32 @@ def build(
     return ImageClassifier("resnet18", optimizer="adamw", lr=5e-3, scheduler="none"), dm
 
 
-def run_fit(args: argparse.Namespace, with_callbacks: bool, log_dir: str) -> tuple[list[float], float]:
+LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
+
+
+def make_loggers(names: list[str], log_dir: str) -> list[Any]:
+    """Lightning loggers by short name, all writing under ``log_dir`` (W&B offline, MLflow file store)."""
+    from lightning.pytorch import loggers
+
+    made = []
+    for name in names:
+        if name == "tensorboard":
+            made.append(loggers.TensorBoardLogger(log_dir))
+        elif name == "csv":
+            made.append(loggers.CSVLogger(log_dir))
+        elif name == "wandb":
+            made.append(loggers.WandbLogger(save_dir=log_dir, offline=True, project="bench_callbacks"))
+        elif name == "mlflow":
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            made.append(loggers.MLFlowLogger(tracking_uri=f"file:{os.path.abspath(log_dir)}/mlruns"))
+        else:
+            raise ValueError(f"unknown logger {name!r}; choose from {', '.join(LOGGERS)}")
+    return made
+
+
+def run_fit(
+    args: argparse.Namespace, with_callbacks: bool, log_dir: str, loggers: list[str] | None = None
+) -> tuple[list[float], float]:
     """Per-epoch wall times, and the seconds spent inside the explainability callbacks after epoch 1."""
     L.seed_everything(0, verbose=False)
     model, dm = build(args)
@@ -151,7 +179,7 @@ def run_fit(args: argparse.Namespace, with_callbacks: bool, log_dir: str) -> tup
         max_epochs=args.epochs,
         accelerator=args.accelerator,
         devices=1,
-        logger=TensorBoardLogger(log_dir),
+        logger=make_loggers(loggers or ["tensorboard"], log_dir),
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -198,9 +226,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--override", nargs="*", default=[], help="extra LightningCLI arguments for --config")
     parser.add_argument("--log-dir", default="lightning_logs/bench_callbacks")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--loggers",
+        nargs="*",
+        choices=LOGGERS,
+        default=None,
+        help="compare the time inside the callbacks with TensorBoard alone and with these loggers at once",
+    )
+    parser.add_argument(
+        "--sink-cost",
+        action="store_true",
+        help="only time one probe grid's PNG encoding and its TensorBoard and CSV-files writes",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is not timed)")
+    if args.sink_cost:
+        return sink_cost(args.log_dir)
+    if args.loggers:
+        return compare_loggers(args)
 
     without: list[float] = []
     with_cb: list[float] = []
@@ -233,6 +277,66 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)
+    return result
+
+
+def compare_loggers(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds inside the callbacks per epoch: TensorBoard alone vs ``args.loggers``, alternating runs."""
+    sets = {"tensorboard": ["tensorboard"], "+".join(args.loggers): list(args.loggers)}
+    spent: dict[str, list[float]] = {name: [] for name in sets}
+    epochs: dict[str, list[float]] = {name: [] for name in sets}
+    for r in range(args.repeats):
+        for name, loggers in sets.items():
+            times, inside = run_fit(args, True, f"{args.log_dir}/loggers_{name}_{r}", loggers)
+            spent[name].append(inside / (len(times) - 1))
+            epochs[name] += times[1:]
+    (base, combo) = sets
+    result: dict[str, Any] = {
+        "loggers": list(args.loggers),
+        "callback_s_per_epoch": {name: [round(s, 3) for s in values] for name, values in spent.items()},
+        "epoch_s_median": {name: round(statistics.median(values), 3) for name, values in epochs.items()},
+        "callback_ratio_median": round(statistics.median(spent[combo]) / statistics.median(spent[base]), 4),
+    }
+    for name in sets:
+        print(
+            f"{name:>24}: {statistics.median(spent[name]):.3f} s per epoch inside the callbacks "
+            f"(runs: {', '.join(f'{s:.3f}' for s in spent[name])}); epoch {result['epoch_s_median'][name]:.2f} s"
+        )
+    print(f"callback time ratio {combo} / {base}: {result['callback_ratio_median']:.3f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return result
+
+
+def sink_cost(log_dir: str, writes: int = 10) -> dict[str, float]:
+    """Median ms per picture: PNG encoding (shared) and each sink's write, for a default 12-probe grid."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_explain.render import overlay
+    from lit_explain.sinks import CsvFilesSink, Picture, TensorBoardSink
+
+    tb = TensorBoardSink(TensorBoardLogger(log_dir, name="sink_cost_tb"))
+    files = CsvFilesSink(CSVLogger(log_dir, name="sink_cost_csv"))
+    g = torch.Generator().manual_seed(0)
+    images, maps = torch.rand(12, 3, 128, 128, generator=g), torch.rand(12, 1, 128, 128, generator=g)
+    rows = torch.cat([images, overlay(images, maps), overlay(images, maps), images], dim=-1)
+    grid = (torch.cat(list(rows), dim=1) * 255).to(torch.uint8)  # [3, 12 * 128, 4 * 128], like the probe grid
+    spent: dict[str, list[float]] = {"encode": [], "tensorboard": [], "csv_files": []}
+    for step in range(writes):
+        picture = Picture(grid.clone())
+        start = time.perf_counter()
+        _ = picture.png
+        spent["encode"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        tb.image("explain/probes", picture, step)
+        tb.flush()
+        spent["tensorboard"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        files.image("explain/probes", picture, step)
+        spent["csv_files"].append(time.perf_counter() - start)
+    result = {name: round(statistics.median(v) * 1000, 1) for name, v in spent.items()}
+    print(f"grid {tuple(grid.shape)}, PNG {len(picture.png) / 1024:.0f} KiB; median ms per picture: {result}")
     return result
 
 
