@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from lit_explain.serve.errors import ApiError, shorten
 
@@ -31,10 +32,13 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
                 413, f"request body of {int(declared):,} bytes exceeds the limit of {max_bytes:,} bytes"
             )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise ApiError(413, f"request body exceeds the limit of {max_bytes:,} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise ApiError(413, f"request body exceeds the limit of {max_bytes:,} bytes")
+    except ClientDisconnect:  # nobody is left to answer; a 4xx keeps it out of the server-error log
+        raise ApiError(400, "the client disconnected before sending the whole body") from None
     return parse_json_object(bytes(body))
 
 

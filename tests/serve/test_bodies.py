@@ -109,3 +109,27 @@ def test_shorten():
     for _ in range(100_000):
         nested = [nested]
     assert shorten(nested) == "<a list too large to show>"  # repr would recurse too deeply
+
+
+def test_a_client_that_disconnects_mid_body_is_a_4xx_not_a_server_error():
+    import asyncio
+
+    from starlette.requests import Request
+
+    from lit_explain.serve.bodies import read_json
+    from lit_explain.serve.errors import ApiError
+
+    messages = iter([{"type": "http.request", "body": b'{"image": ', "more_body": True}])
+
+    async def receive() -> dict:
+        return next(messages, {"type": "http.disconnect"})
+
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": []}, receive)
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(read_json(request, 1000))
+    assert caught.value.status == 400 and "disconnected" in caught.value.message
+
+
+def test_both_class_fields_at_once_are_refused(client):
+    r = client.post("/analyze_class", json={"image": IMAGE, "class_name": "circle", "class_index": 0})
+    assert r.status_code == 422 and "not both" in r.json()["error"]
