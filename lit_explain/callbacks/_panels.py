@@ -156,7 +156,7 @@ def readable_font_px(width: int) -> int:
 
     Example:
         >>> readable_font_px(320), readable_font_px(394), readable_font_px(640)
-        (12, 14, 22)
+        (13, 16, 25)
     """
     # PIL's text is about 0.9 of the font size from ascender to descender: round up past it.
     return max(12, math.ceil(MIN_TEXT_PX * max(width, CARD_IMAGE_PX) / CARD_IMAGE_PX / TEXT_HEIGHT_RATIO))

@@ -256,3 +256,12 @@ def test_layer_none_takes_the_models_default_explanation_layers() -> None:
     assert explain_layers(model, None) == ["layer2", "layer3"]  # layer4 would be 2x2 at 64 px
     assert explain_layers(model, "layer4") == "layer4"  # a configured layer wins
     assert explain_layers(resnet18(), None) is None  # a plain network: the engine's automatic choice
+
+
+def test_panel_helpers_docstring_examples() -> None:
+    import doctest
+
+    from lit_explain.callbacks import _panels
+
+    result = doctest.testmod(_panels, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 3 and result.failed == 0
