@@ -136,6 +136,18 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
         ) from exc
 
 
+def normalise_weights(weights: str | bool | None) -> str | bool | None:
+    """``model.weights`` as given on a command line: ``"true"`` -> True, ``"false"``/``""`` -> None.
+
+    Example:
+        >>> normalise_weights("true"), normalise_weights("false"), normalise_weights("IMAGENET1K_V1")
+        (True, None, 'IMAGENET1K_V1')
+    """
+    if isinstance(weights, str) and weights.strip().lower() in ("true", "false", "", "none", "null"):
+        return True if weights.strip().lower() == "true" else None
+    return None if weights is False else weights
+
+
 def build_backbone(
     name: str,
     num_classes: int,
@@ -174,6 +186,7 @@ def build_backbone(
         raise ConfigError(f"model.num_classes must be >= 1, got {num_classes}")
     if in_channels < 1:
         raise ConfigError(f"model.in_channels must be >= 1, got {in_channels}")
+    weights = normalise_weights(weights)
     if is_timm(name):
         if cifar_stem:
             raise ConfigError(f"model.cifar_stem applies to torchvision ResNets only, not {name}")
@@ -186,7 +199,7 @@ def build_backbone(
         model = torchvision.models.get_model(name, weights=None, **kwargs)
         load_weights_file(model, weights_path)
         replace_head(model, num_classes)
-    elif weights not in (None, False, ""):
+    elif weights is not None:
         weights = "DEFAULT" if weights is True else str(weights)
         weights_enum = torchvision.models.get_model_weights(name)
         try:

@@ -12,7 +12,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_explain.data.batch import split_batch
 from lit_explain.errors import ConfigError
-from lit_explain.models.backbones import build_backbone, classifier_head_names, no_weight_decay_ids
+from lit_explain.models.backbones import (
+    build_backbone,
+    classifier_head_names,
+    no_weight_decay_ids,
+    normalise_weights,
+)
 from lit_explain.models.explain_layers import default_explain_layers
 from lit_explain.models.timm_backbones import is_timm, timm_size_kwargs
 
@@ -190,7 +195,7 @@ class ImageClassifier(L.LightningModule):
     @property
     def pretrained(self) -> bool:
         """True when the backbone started from pretrained weights (``weights`` or ``weights_path``)."""
-        return self.hparams.weights not in (None, False, "") or self.hparams.weights_path is not None
+        return normalise_weights(self.hparams.weights) is not None or self.hparams.weights_path is not None
 
     @property
     def backbone(self) -> nn.ModuleList:

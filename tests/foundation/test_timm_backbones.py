@@ -206,3 +206,12 @@ def test_checkpoint_and_export_round_trip(tmp_path: Path) -> None:
     assert plain.hparams.backbone == VIT and plain.class_names == model.class_names
     assert plain.hparams.input_size == [64, 64] and plain.hparams.mean == model.hparams.mean
     assert torch.allclose(plain(images), expected, atol=1e-6)
+
+
+def test_weights_true_from_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--model.weights true` arrives as the string 'true' (str comes first in the union)."""
+    _offline(monkeypatch, tmp_path)
+    with pytest.raises(ConfigError, match=r"convnext_atto\.d2_in1k"):
+        build_backbone(CONVNEXT, 6, weights="true")
+    assert not ImageClassifier(CONVNEXT, weights="false").pretrained
+    assert ImageClassifier(CONVNEXT, weights="true").pretrained
