@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,25 @@ _BLOCK = 32768
 _HEADER = 7
 
 
-def wandb_records(path: Path) -> Iterator[Any]:
-    """Every ``wandb_internal_pb2.Record`` of an offline run file, in order."""
+def wandb_records(path: Path, timeout: float = 60.0) -> list[Any]:
+    """Every ``wandb_internal_pb2.Record`` of a finished offline run file, in order.
+
+    ``run.finish()`` can return before W&B's service process has written the file's last records (seen
+    under heavy load), so the file is read again until it holds the run's ``exit`` record.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(_records(path.read_bytes()))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def _records(data: bytes) -> Iterator[Any]:
     from wandb.proto import wandb_internal_pb2
 
-    data = path.read_bytes()
     ident, magic, _version = struct.unpack("<4sHB", data[:_HEADER])
-    assert ident == b":W&B" and magic == 0xBEE1, f"{path} is not a W&B run file"
+    assert ident == b":W&B" and magic == 0xBEE1, "not a W&B run file"
     pos, parts = _HEADER, []
     while pos + _HEADER <= len(data):
         left = _BLOCK - pos % _BLOCK
