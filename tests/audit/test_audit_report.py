@@ -177,3 +177,21 @@ def test_attention_quality_numbers_recomputed(shapes_report: Path, shapes_checkp
     ]
     assert rnd["samples"] == len(indices)
     assert rnd["spearman_mean"] == pytest.approx(float(np.nanmean(rhos)), abs=1e-4)
+
+
+def test_every_shown_sample_carries_its_source(report_dir: Path) -> None:
+    report = json.loads((report_dir / "report.json").read_text())
+    samples = [s for r in report["per_class"] for s in r["samples"]]
+    samples += [s for p in report["confused_pairs"] for s in p["samples"]]
+    assert samples
+    for s in samples:
+        # Generated / in-memory data: the split and the index in it (file-based data: the relative path).
+        assert s["source"] == f"{report['split']} idx {s['index']}"
+    with open(report_dir / "shown_samples.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["source"], r["role"]) for r in rows] == [(s["source"], s["role"]) for s in samples]
+    first = report["per_class"][0]
+    assert {r["panel"] for r in rows if r["source"] == first["samples"][0]["source"]} >= {first["panel"]}
+    assert 'id="class-samples"' in (report_dir / "index.html").read_text()
+    summary = (report_dir / "analysis_summary.txt").read_text()
+    assert f"{first['samples'][0]['role']} {first['samples'][0]['source']}" in summary
