@@ -40,6 +40,17 @@ def check_trainer(trainer: L.Trainer, owner: str, stage: str | None) -> None:
     """
     if stage is not None and stage not in CHECKED_STAGES:
         return
+    sharded = sharded_strategy(trainer.strategy)
+    if sharded:
+        raise CallbackSetupError(
+            f"{owner} cannot run under {sharded}: it explains on the global-zero rank only, and with "
+            "sharded parameters that forward pass would wait forever for the other ranks. Use a DDP "
+            "strategy (strategy=ddp) for runs with explanation callbacks, or remove the callback"
+        )
+    if trainer.fast_dev_run:
+        # fast_dev_run swaps every logger for Lightning's DummyLogger on purpose (a smoke test that logs
+        # nothing); the callbacks then log nothing too instead of refusing the run.
+        return
     supported = ", ".join(sinks.SUPPORTED_LOGGERS)
     usable = sinks.sinks_for(trainer)
     others = sorted({type(lg).__name__ for lg in sinks.unsupported_loggers(trainer)})
@@ -53,13 +64,6 @@ def check_trainer(trainer: L.Trainer, owner: str, stage: str | None) -> None:
         )
     if others:
         rank_zero_warn(f"{owner} does not write to {', '.join(others)} (supported: {supported})")
-    sharded = sharded_strategy(trainer.strategy)
-    if sharded:
-        raise CallbackSetupError(
-            f"{owner} cannot run under {sharded}: it explains on the global-zero rank only, and with "
-            "sharded parameters that forward pass would wait forever for the other ranks. Use a DDP "
-            "strategy (strategy=ddp) for runs with explanation callbacks, or remove the callback"
-        )
 
 
 def sharded_strategy(strategy: Strategy) -> str | None:

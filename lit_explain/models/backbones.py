@@ -5,6 +5,7 @@ any timm model as ``timm:NAME`` (see :mod:`lit_explain.models.timm_backbones`)."
 from __future__ import annotations
 
 import difflib
+import pickle
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -225,7 +226,9 @@ def _download_or_load(
 ) -> torch.nn.Module:
     """Build ``name`` with ``weights``; a failed download names the file to place in the cache instead."""
     try:
-        return torchvision.models.get_model(name, weights=weights, **kwargs)
+        # Not get_model(weights=...): torchvision reads the cached file with weights_only=False, so a
+        # tampered $TORCH_HOME file could run code. Same file, same hash check, loaded as plain tensors.
+        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except (URLError, OSError) as err:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
         raise ConfigError(
@@ -233,3 +236,14 @@ def _download_or_load(
             f"{Path(urlparse(weights.url).path).name} (from {weights.url}) to {cache} "
             "(set TORCH_HOME to choose the cache folder), or pass model.weights_path=<file>."
         ) from err
+    except pickle.UnpicklingError as err:
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+        raise ConfigError(
+            f"refused to load {cache}: it is not a plain tensor file (weights_only=True failed: "
+            f"{str(err).splitlines()[0][:200]}). Delete it and download the {weights} weights again."
+        ) from None
+    model = torchvision.models.get_model(
+        name, weights=None, num_classes=len(weights.meta["categories"]), **kwargs
+    )
+    model.load_state_dict(state)
+    return model

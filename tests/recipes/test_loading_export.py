@@ -201,3 +201,28 @@ def test_plant_recipe_learns_leaf_shapes(leaf_shapes_dir: Path, tmp_path: Path) 
     result = trainer.test(model, datamodule=dm, verbose=False)[0]
     # 4 classes, largest holds 89/241 = 37%: above chance means above the majority-class rate.
     assert result["test/acc"] > 0.45, result
+
+
+class _Marker:
+    """Unpickling this creates ``path``: the stand-in for code a tampered weights file would run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_a_tampered_torch_home_weights_file_runs_no_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torchvision's own get_model(weights=...) reads the cached file with weights_only=False.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    cached = tmp_path / "hub" / "checkpoints" / Path(weights.url).name
+    cached.parent.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    torch.save({"conv1.weight": torch.zeros(1), "payload": _Marker(marker)}, cached)
+    with pytest.raises(ConfigError, match=r"refused to load .*not a plain tensor file"):
+        build_backbone("resnet18", 4, weights="IMAGENET1K_V1")
+    assert not marker.exists()
