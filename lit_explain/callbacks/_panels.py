@@ -14,10 +14,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_explain.errors import ConfigError
-from lit_explain.explain import LayerNotFoundError, guided_gradcam, resolve_layers
+from lit_explain.explain import (
+    LayerNotFoundError,
+    NoReluError,
+    cam,
+    guided_gradcam,
+    is_rollout_method,
+    resolve_layers,
+)
 from lit_explain.explain.true_class import true_class_maps
 from lit_explain.render import colorbar, denormalize, guided_to_image, overlay, panel_pages, to_rgb
 
@@ -49,14 +57,15 @@ class Explained:
         probs: float32 ``[B, num_classes]`` from the explanation's own forward pass (eval mode).
         preds: int64 ``[B]`` predicted classes.
         pred_maps / true_maps: float32 ``[B, 1, H, W]`` CAMs of the predicted and of the true class.
-        guided: float32 ``[B, C, H, W]`` Guided Grad-CAM of the predicted class.
+        guided: float32 ``[B, C, H, W]`` Guided Grad-CAM of the predicted class; None for models without
+            ReLUs (GELU/SiLU: ViTs, ConvNeXt, EfficientNet) and for the attention-rollout methods.
     """
 
     probs: Tensor
     preds: Tensor
     pred_maps: Tensor
     true_maps: Tensor
-    guided: Tensor
+    guided: Tensor | None
 
 
 def explain_batch(
@@ -73,15 +82,33 @@ def explain_batch(
     with torch.inference_mode(False):
         # Targets built inside Lightning's inference_mode are inference tensors, which autograd refuses
         # to record even as gather indices; a clone made outside it is an ordinary tensor.
-        guided = guided_gradcam(net, images, layer=layer, targets=None, method=method)
-        true_maps = true_class_maps(net, images, labels, guided.cam, layer=layer, method=method)
+        predicted, guided = _predicted_class(net, images, layer, method)
+        true_maps = true_class_maps(net, images, labels, predicted, layer=layer, method=method)
     return Explained(
-        probs=guided.cam.logits.float().softmax(dim=1),
-        preds=guided.cam.targets,
-        pred_maps=guided.cam.maps,
+        probs=predicted.logits.float().softmax(dim=1),
+        preds=predicted.targets,
+        pred_maps=predicted.maps,
         true_maps=true_maps,
-        guided=guided.guided,
+        guided=guided,
     )
+
+
+def _predicted_class(
+    net: nn.Module, images: Tensor, layer: str | list[str] | None, method: str
+) -> tuple[Any, Tensor | None]:
+    """The predicted-class CAM and, where the model allows it, Guided Grad-CAM from the same pass.
+
+    Guided backprop is defined through ReLUs and Guided Grad-CAM through a CAM layer: GELU/SiLU models and
+    the rollout methods get the CAM alone and one warning, instead of a failed run.
+    """
+    if is_rollout_method(method):
+        return cam(net, images, layer=layer, targets=None, method=method), None
+    try:
+        result = guided_gradcam(net, images, layer=layer, targets=None, method=method)
+    except NoReluError as err:
+        rank_zero_warn(f"the Guided Grad-CAM column is left out: {err}")
+        return cam(net, images, layer=layer, targets=None, method=method), None
+    return result.cam, result.guided
 
 
 def display_images(images: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:

@@ -265,3 +265,34 @@ def test_panel_helpers_docstring_examples() -> None:
 
     result = doctest.testmod(_panels, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_models_without_relus_and_rollout_methods_drop_the_guided_column() -> None:
+    from lit_explain.callbacks._panels import explain_batch
+    from lit_explain.explain import cam
+
+    torch.manual_seed(0)
+    gelu_net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.GELU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.GELU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 3),
+    ).eval()
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    with pytest.warns(UserWarning, match="Guided Grad-CAM column is left out.*GELU"):
+        explained = explain_batch(gelu_net, images, labels, layer="2", method="gradcam")
+    assert explained.guided is None
+    reference = cam(gelu_net, images, layer="2", method="gradcam")
+    assert torch.allclose(explained.pred_maps, reference.maps, atol=1e-6)
+    assert torch.equal(explained.preds, reference.targets)
+
+    import timm
+
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3
+    )
+    explained = explain_batch(vit.eval(), torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None, "rollout")
+    assert explained.guided is None and explained.pred_maps.shape == (2, 1, 32, 32)
