@@ -10,9 +10,8 @@ from typing import Any
 from lit_explain.audit.options import AuditOptions, default_output
 from lit_explain.audit.run import run_audit
 from lit_explain.data.base import ExplainableDataModule
+from lit_explain.inference.explainer import resolve_device
 from lit_explain.outputs import AtomicReportDir
-
-DEFAULT_DEVICE = "cpu"  # the same default as explain and serve; pass device="cuda" (--device cuda) for a GPU
 
 
 def audit_checkpoint(
@@ -42,7 +41,8 @@ def audit_checkpoint(
     output = Path(output) if output is not None else default_output(ckpt_path, options.split)
     # Refuse a bad --output before the (long) sweep, not only at the end.
     AtomicReportDir(output, overwrite=options.overwrite, kind="audit").check()
-    device = device or DEFAULT_DEVICE
+    # One rule for audit, explain and serve: "auto" (the default) is CUDA when available, else the CPU.
+    device = str(resolve_device(device))
     model = load_model(ckpt_path, map_location=device, backbone=backbone)
     spec = None
     if datamodule is None:

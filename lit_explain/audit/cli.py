@@ -82,7 +82,7 @@ def build_parser() -> ArgumentParser:
         "--device",
         type=str | None,
         default=None,
-        help="cpu, cuda, cuda:1, ... (default: cpu, as for explain and serve)",
+        help="auto, cpu, cuda, cuda:1, ... (default: auto = cuda when available, else cpu, as for explain and serve)",
     )
     p.add_argument("--batch_size", type=int, default=256, help="inference batch size")
     p.add_argument("--cam_batch_size", type=int, default=64, help="images per CAM batch")

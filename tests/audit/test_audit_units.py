@@ -30,14 +30,19 @@ def test_sample_source_is_the_file_relative_to_the_data_root(tmp_path: Path) -> 
     assert sample_source(shapes, 5, "val") == "val idx 5"  # generated data: the split and the index
 
 
-def test_audit_defaults_to_the_cpu_and_leaves_options_alone(shapes_checkpoint: Path, monkeypatch) -> None:
+def test_audit_device_rule_is_explains_and_options_are_left_alone(
+    shapes_checkpoint: Path, monkeypatch
+) -> None:
     seen = {}
 
     def fake_run_audit(model, datamodule, output, options, device=None):
         seen.update(device=device, param_device=str(next(model.parameters()).device), options=options)
         return {"path": str(output)}
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # explain and serve ignore this too
+    from lit_explain.inference import explainer
+
+    assert checkpoint.resolve_device is explainer.resolve_device  # one rule for audit, explain and serve
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(checkpoint, "run_audit", fake_run_audit)
     options = AuditOptions(extra={"note": "mine"})
     checkpoint.audit_checkpoint(shapes_checkpoint, shapes_checkpoint.parent / "never_written", options)
@@ -51,7 +56,7 @@ def test_help_example_is_generic() -> None:
     text = " ".join(build_parser().format_help().split())  # argparse re-wraps the lines
     assert "cifar-100-python" not in text  # a CIFAR-only option in the generic example, before
     assert "--data.batch_size 128" in text and "--overwrite [{true,false}]" in text
-    assert "default: cpu, as for explain and serve" in text
+    assert "default: auto = cuda when available, else cpu, as for explain and serve" in text
 
 
 def _result(confidence, correct) -> SweepResult:
