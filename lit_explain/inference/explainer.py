@@ -8,6 +8,7 @@ targets) and renders heatmaps, overlays and Guided Grad-CAM pictures as tensors 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lit_explain.errors import ConfigError, LitExplainError
-from lit_explain.explain import METHODS, cam, guided_gradcam, resolve_layer
+from lit_explain.explain import METHODS, NoReluError, cam, guided_gradcam, resolve_layer
 from lit_explain.explain._state import eval_mode
 from lit_explain.inference.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Prepared, Preprocessor
 from lit_explain.models.loading import load_classifier
@@ -334,48 +335,76 @@ class Explainer:
     def _run(self, jobs: list[_Job]) -> list[Explanation]:
         start = time.perf_counter()
         x = torch.stack([job.prepared.tensor for job in jobs]).to(self.device)
-        simple = all(job.top_k == 1 and job.target is None for job in jobs)
-        if simple:
-            # The common case (explain the prediction) needs no separate forward: targets=None is argmax.
-            rows_of = [[None] for _ in jobs]
-            probs = None
-        else:
-            with torch.no_grad():
-                probs = self.net(x).float().softmax(dim=1)
-            top = probs.topk(max(job.top_k for job in jobs), dim=1).indices.tolist()
-            rows_of = []
-            for job, ranked in zip(jobs, top, strict=True):
-                classes = [] if job.target is None else [job.target]
-                classes += [c for c in ranked[: job.top_k] if c not in classes]
-                rows_of.append(classes)
+        rows_of, probs = self._classes_to_explain(x, jobs)
         owner = torch.tensor([i for i, classes in enumerate(rows_of) for _ in classes], device=self.device)
         batch = x[owner]
-        row_targets = None if simple else [c for classes in rows_of for c in classes]
-        if self.guided:
-            result = guided_gradcam(
-                self.net, batch, layer=self.layer_name, targets=row_targets, method=self.method
-            )
-            maps, guided, cam_result = result.cam.maps, result.guided, result.cam
-        else:
-            cam_result = cam(self.net, batch, layer=self.layer_name, targets=row_targets, method=self.method)
-            maps, guided = cam_result.maps, None
+        row_targets = None if probs is None else [c for classes in rows_of for c in classes]
+        cam_result, guided = self._explain_rows(batch, row_targets)
         if probs is None:
             probs = cam_result.logits.softmax(dim=1)
         explain_s = time.perf_counter() - start
 
         start = time.perf_counter()
+        maps = cam_result.maps
         shown = to_rgb(denormalize(batch, self.preprocess.mean, self.preprocess.std))
-        heat = colorize(maps)
-        blended = overlay(shown, maps, alpha=self.alpha)
-        guided_img = guided_to_image(guided) if guided is not None else None
+        rendered = {
+            "shown": shown.cpu(),
+            "heat": colorize(maps).cpu(),
+            "blended": overlay(shown, maps, alpha=self.alpha).cpu(),
+            "guided": guided_to_image(guided).cpu() if guided is not None else None,
+            "maps": maps.cpu(),
+        }
         row_classes = cam_result.targets.tolist()
-        maps, heat, blended, shown = maps.cpu(), heat.cpu(), blended.cpu(), shown.cpu()
-        guided_img = guided_img.cpu() if guided_img is not None else None
         probs_cpu = probs.cpu()
+        render_s = time.perf_counter() - start
+        timings = {"explain": explain_s / len(jobs), "render": render_s / len(jobs)}
+        return self._assemble(jobs, rows_of, row_classes, probs_cpu, rendered, timings)
+
+    def _classes_to_explain(
+        self, x: Tensor, jobs: list[_Job]
+    ) -> tuple[list[list[int | None]], Tensor | None]:
+        """The classes each image is explained for; the probabilities when a separate forward was needed."""
+        if all(job.top_k == 1 and job.target is None for job in jobs):
+            # The common case (explain the prediction) needs no separate forward: targets=None is argmax.
+            return [[None] for _ in jobs], None
+        with torch.no_grad():
+            probs = self.net(x).float().softmax(dim=1)
+        top = probs.topk(max(job.top_k for job in jobs), dim=1).indices.tolist()
+        rows_of: list[list[int | None]] = []
+        for job, ranked in zip(jobs, top, strict=True):
+            classes = [] if job.target is None else [job.target]
+            classes += [c for c in ranked[: job.top_k] if c not in classes]
+            rows_of.append(classes)
+        return rows_of, probs
+
+    def _explain_rows(self, batch: Tensor, targets: list[int] | None) -> tuple[Any, Tensor | None]:
+        """The CAM of every row and, when on and possible, Guided Grad-CAM from the same pass."""
+        if self.guided:
+            try:
+                result = guided_gradcam(
+                    self.net, batch, layer=self.layer_name, targets=targets, method=self.method
+                )
+            except NoReluError as err:
+                # GELU/SiLU models (ViTs, ConvNeXt): the CAM alone, said once, instead of failing every call.
+                warnings.warn(f"Guided Grad-CAM is turned off for this model: {err}", stacklevel=3)
+                self.guided = False
+            else:
+                return result.cam, result.guided
+        return cam(self.net, batch, layer=self.layer_name, targets=targets, method=self.method), None
+
+    def _assemble(
+        self,
+        jobs: list[_Job],
+        rows_of: list[list[int | None]],
+        row_classes: list[int],
+        probs_cpu: Tensor,
+        rendered: dict[str, Tensor | None],
+        timings: dict[str, float],
+    ) -> list[Explanation]:
+        """One :class:`Explanation` per job from the rendered rows (host tensors)."""
         report_k = min(len(self.class_names), max(5, max(job.top_k for job in jobs)))
         top_p, top_i = probs_cpu.topk(report_k, dim=1)
-        render_s = time.perf_counter() - start
-
+        guided_img = rendered["guided"]
         results: list[Explanation] = []
         row = 0
         for i, job in enumerate(jobs):
@@ -384,16 +413,15 @@ class Explainer:
             explained = []
             for _ in rows_of[i]:
                 c = row_classes[row]
-                rank = int((probs_cpu[i] > probs_cpu[i, c]).sum()) + 1
                 explained.append(
                     ClassExplanation(
                         class_index=c,
                         class_name=self.class_names[c],
                         probability=float(probs_cpu[i, c]),
-                        rank=rank,
-                        map=maps[row],
-                        heatmap=heat[row],
-                        overlay=blended[row],
+                        rank=int((probs_cpu[i] > probs_cpu[i, c]).sum()) + 1,
+                        map=rendered["maps"][row],
+                        heatmap=rendered["heat"][row],
+                        overlay=rendered["blended"][row],
                         guided=guided_img[row] if guided_img is not None else None,
                     )
                 )
@@ -410,14 +438,14 @@ class Explainer:
                         for c, p in zip(ranking, top_p[i].tolist(), strict=True)
                     ][: max(job.top_k, 5)],
                     explained=explained,
-                    image=shown[first_row],
+                    image=rendered["shown"][first_row],
                     method=self.method,
                     layer=self.layer_name,
                     original_size=job.prepared.original_size,
                     original_mode=job.prepared.original_mode,
                     requested=None if job.target is None else self.class_names[job.target],
                     explained_top_k=job.top_k,
-                    timings={"explain": explain_s / len(jobs), "render": render_s / len(jobs)},
+                    timings=timings,
                 )
             )
         return results

@@ -182,3 +182,27 @@ def test_vgg_features_layer_like_the_vgg16_example(odd_images):
     r = Explainer(model, layer="features.19").explain(odd_images["rgb.jpg"], top_k=2)
     assert r.layer == "features.19" and len(r.top_explained) == 2
     assert r.primary.guided is not None and r.primary.map.shape == (1, 64, 64)
+
+
+def test_gelu_models_lose_the_guided_picture_with_a_warning_and_rollout_works(odd_images):
+    # Guided backprop needs ReLUs: a ViT gets its CAM (and rollouts) instead of a failed call.
+    from lit_explain.models import ImageClassifier
+
+    torch.manual_seed(0)
+    model = ImageClassifier(
+        "timm:vit_tiny_patch16_224",
+        num_classes=3,
+        class_names=["a", "b", "c"],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        input_size=[32, 32],
+        backbone_kwargs={"patch_size": 8},
+    )
+    explainer = Explainer(model)
+    with pytest.warns(UserWarning, match="Guided Grad-CAM is turned off.*GELU"):
+        r = explainer.explain(odd_images["rgb.jpg"], top_k=2)
+    assert r.primary.guided is None and len(r.top_explained) == 2 and r.primary.map.shape == (1, 32, 32)
+    assert explainer.guided is False  # said once, not on every call
+    rolled = Explainer(model, method="gradient_rollout").explain(odd_images["rgb.jpg"])
+    assert rolled.method == "gradient_rollout" and rolled.primary.guided is None
+    assert float(rolled.primary.map.max()) == pytest.approx(1.0)
