@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import timm
 import torch
-from timm.models import get_pretrained_cfg, resolve_model_input_args, split_model_name_tag
 from torch import nn
 
 from lit_explain.errors import ConfigError
@@ -39,6 +37,14 @@ _RESERVED = {
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")
 
 
+def _timm() -> Any:
+    """timm, imported on first use: importing it also imports wandb when installed (about 0.7 s), which
+    every ``python -m lit_explain`` command would pay otherwise."""
+    import timm
+
+    return timm
+
+
 def is_timm(name: str) -> bool:
     """True for a ``timm:NAME`` backbone name."""
     return isinstance(name, str) and name.startswith(TIMM_PREFIX)
@@ -46,9 +52,9 @@ def is_timm(name: str) -> bool:
 
 def parse_timm_name(spec: str) -> tuple[str, str]:
     """``"timm:NAME[.TAG]"`` -> ``(NAME, TAG)`` (TAG empty when none), checked against timm's registry."""
-    name, tag = split_model_name_tag(spec[len(TIMM_PREFIX) :] if is_timm(spec) else spec)
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.6)
+    name, tag = _timm().models.split_model_name_tag(spec[len(TIMM_PREFIX) :] if is_timm(spec) else spec)
+    if not _timm().is_model(name):
+        close = difflib.get_close_matches(name, _timm().list_models(), n=6, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(
             f"model.backbone={spec!r}: {name!r} is not a timm model.{hint} "
@@ -59,11 +65,11 @@ def parse_timm_name(spec: str) -> tuple[str, str]:
 
 def _pretrained_cfg(name: str, tag: str) -> Any:
     try:
-        cfg = get_pretrained_cfg(f"{name}.{tag}" if tag else name)
+        cfg = _timm().models.get_pretrained_cfg(f"{name}.{tag}" if tag else name)
     except RuntimeError:
         cfg = None
     if cfg is None:
-        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{name}.*")]
+        tags = [t.partition(".")[2] for t in _timm().list_pretrained(f"{name}.*")]
         raise ConfigError(
             f"timm has no pretrained tag {tag!r} for {name}; choose one of {', '.join(tags) or '(none)'} "
             "(model.weights: true takes the default)"
@@ -162,7 +168,9 @@ def _size_kwargs(
     """``img_size`` (fixed-size models such as ViT/Swin) from the data, or ``dynamic_img_size`` when unknown."""
     if input_size is not None:
         try:
-            resolved = resolve_model_input_args(name, {"input_size": (in_channels, *input_size)}, **kwargs)
+            resolved = _timm().models.resolve_model_input_args(
+                name, {"input_size": (in_channels, *input_size)}, **kwargs
+            )
         except ValueError as exc:  # backbone_kwargs.img_size disagrees with the data
             raise ConfigError(f"model.backbone_kwargs for {name}: {exc}") from exc
         return {"img_size": resolved["img_size"]} if "img_size" in resolved else {}
@@ -189,10 +197,10 @@ def timm_size_kwargs(
 
 def _default_cfg(name: str, tag: str) -> Any:
     try:
-        cfg = get_pretrained_cfg(f"{name}.{tag}" if tag else name)
+        cfg = _timm().models.get_pretrained_cfg(f"{name}.{tag}" if tag else name)
     except RuntimeError:
         cfg = None
-    return cfg if cfg is not None else timm.models.PretrainedCfg()
+    return cfg if cfg is not None else _timm().models.PretrainedCfg()
 
 
 def build_timm_backbone(
@@ -239,7 +247,7 @@ def build_timm_backbone(
     create = {"num_classes": file_classes if pretrained else num_classes, "in_chans": in_channels}
     overlay = {"state_dict": state, "num_classes": file_classes} if state is not None else None
     try:
-        net = timm.create_model(
+        net = _timm().create_model(
             name,
             pretrained=pretrained,
             pretrained_cfg=cfg.tag or None,
