@@ -42,7 +42,7 @@ REDUCE_MARGIN = 2  # decoded images keep at least twice the target size, so the 
 # alpha) is converted to the requested mode at full size first, which costs more memory.
 REDUCED_BEFORE_CONVERSION = frozenset({"L", "RGB", "CMYK", "YCbCr", "F"})
 # What PIL's parsers raise on malformed files besides OSError (fuzzed headers, odd chunk lengths).
-_PARSE_ERRORS = (
+PIL_PARSE_ERRORS = (
     OSError,
     ValueError,
     SyntaxError,
@@ -143,7 +143,7 @@ def _open(source: str | Path | bytes | bytearray, name: str) -> tuple[Image.Imag
             f"cannot decode {name}: not a recognised image format "
             f"(supported: {', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})"
         ) from None
-    except _PARSE_ERRORS as exc:
+    except PIL_PARSE_ERRORS as exc:
         handle.close()
         raise ImageDecodeError(f"cannot decode {name}: {_reason(exc)}") from exc
 
@@ -266,7 +266,7 @@ def decode_image(
         _check_count(source.size, source.size, name, max_pixels, limit_hint)
         try:
             return DecodedImage(_finish(source, mode, side, owned=False), source.size, source.mode)
-        except _PARSE_ERRORS as exc:
+        except PIL_PARSE_ERRORS as exc:
             raise ImageDecodeError(f"cannot use {name} of mode {source.mode}: {_reason(exc)}") from exc
     image, handle = _open(bytes(source) if isinstance(source, bytearray) else source, name)
     try:
@@ -277,7 +277,7 @@ def decode_image(
             return DecodedImage(_finish(image, mode, side, owned=True), *original)
     except ImageDecodeError:
         raise
-    except _PARSE_ERRORS as exc:
+    except PIL_PARSE_ERRORS as exc:
         raise ImageDecodeError(f"cannot decode {name}: {_reason(exc)}") from exc
 
 

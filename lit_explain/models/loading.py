@@ -170,7 +170,9 @@ def _from_plain(
     if str(backbone).startswith("timm:"):
         from lit_explain.models.timm_loading import timm_classifier_from_state
 
-        return timm_classifier_from_state(checkpoint, plain_state_dict(checkpoint, source), backbone, hparams, source)
+        return timm_classifier_from_state(
+            checkpoint, plain_state_dict(checkpoint, source), backbone, hparams, source
+        )
     _check_name(backbone)
     state = plain_state_dict(checkpoint, source)
     probe = torchvision.models.get_model(backbone, weights=None)

@@ -19,14 +19,13 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
-import struct
 from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 from typing import TypeVar
 
 from PIL import Image
 
-from lit_explain.data.images import ImageDecodeError
+from lit_explain.data.images import PIL_PARSE_ERRORS, ImageDecodeError
 from lit_explain.inference.preprocess import ImageTooLargeError, Prepared, Preprocessor
 from lit_explain.serve.errors import ApiError, logger
 
@@ -38,21 +37,7 @@ SHRUNK_EARLY = frozenset({"1", "L", "RGB", "YCbCr", "CMYK"})
 CONVERTED_WEIGHT = 4  # an RGBA pixel needed 19 bytes at peak, an RGB one 5 (docs/benchmarks.md)
 TRIM_AFTER_PIXELS = 4_000_000  # return freed memory to the OS after decoding an image this large
 
-# What PIL's parsers raise on malformed input (besides the errors lit_explain already names).
-_MALFORMED = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    struct.error,
-    IndexError,
-    KeyError,
-    TypeError,
-    ZeroDivisionError,
-    OverflowError,
-    RecursionError,
-    Image.DecompressionBombError,
-)
+_MALFORMED = (*PIL_PARSE_ERRORS, Image.DecompressionBombError)
 
 
 class PixelBudget:
