@@ -4,7 +4,7 @@ One set of rules for all outputs (PNG panels, JSON and CSV summaries, exported w
 
 - **Atomic.** Bytes go to a hidden temporary file in the destination's folder, are flushed and
   ``fsync``-ed, then moved into place: readers never see half a file, a crash leaves no partial one.
-  A report folder is written as ``.NAME.tmp-PID-XXXX`` and renamed into place when complete.
+  A report folder is written as ``.NAME.tmp-PID-<random hex>`` and renamed into place when complete.
 - **Never clobbered unless asked.** Without ``overwrite`` an existing file is never replaced, even if it
   appears while the write runs (the final move is a hard link, which fails if the name exists; file
   systems without hard links fall back to check-then-rename).
@@ -445,7 +445,7 @@ def _pid_alive(pid: int) -> bool:
 def clean_stale(parent: PathLike) -> list[Path]:
     """Remove the temporary folders that killed lit_explain runs left in ``parent``; returns them.
 
-    Only folders named ``.NAME.tmp-PID-XXXX`` / ``.NAME.old-PID-XXXX`` whose PID no longer runs and that
+    Only folders named ``.NAME.tmp-PID-<random hex>`` / ``.NAME.old-PID-<random hex>`` whose PID no longer runs and that
     hold lit_explain's marker (written on this host) are removed, or that are empty (killed before the
     marker was written). A ``.old`` folder is the previous
     report moved aside during a replacement: it is deleted only if ``NAME`` exists again, and moved
@@ -486,7 +486,7 @@ def clean_stale(parent: PathLike) -> list[Path]:
 class AtomicReportDir:
     """A report folder that appears whole or not at all, and replaces only an earlier lit_explain report.
 
-    Inside ``with``, files go to ``.NAME.tmp-PID-XXXX`` next to the destination (created in
+    Inside ``with``, files go to ``.NAME.tmp-PID-<random hex>`` next to the destination (created in
     ``__enter__``, with the umask's permissions, holding a marker with this process's PID);
     :meth:`commit` writes the marker listing every file, then renames the folder into place. An
     existing destination is refused unless ``overwrite`` *and* it is an earlier lit_explain report
