@@ -28,13 +28,8 @@ from lit_explain.explain import (
 )
 from lit_explain.explain.true_class import true_class_maps
 from lit_explain.render import colorbar, denormalize, guided_to_image, overlay, panel_pages, to_rgb
+from lit_explain.render.card import CARD_IMAGE_PX, MAX_PAGE_PX, MIN_TEXT_PX
 
-# TensorBoard's Images tab lays cards out at least 335 px wide (its card grid is
-# `repeat(auto-fill, minmax(335px, 1fr))`) and shrinks a picture to the card: about 320 px of picture at the
-# narrowest. Every page keeps its text at least MIN_TEXT_PX tall there and at most MAX_PAGE_PX tall.
-CARD_IMAGE_PX = 320
-MIN_TEXT_PX = 11
-MAX_PAGE_PX = 1600
 MAX_CELL_PX = 160
 PAD = 2
 TEXT_HEIGHT_RATIO = 0.9

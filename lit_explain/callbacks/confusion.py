@@ -12,12 +12,13 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lit_explain.callbacks import _logging as tb
+from lit_explain.callbacks._panels import page_tags
 from lit_explain.errors import ConfigError
 from lit_explain.render import (
     confused_pairs_table,
     confusion_matrix_figure,
     figure_to_tensor,
-    per_class_accuracy_figure,
+    per_class_accuracy_pages,
 )
 from lit_explain.sinks import Table
 
@@ -47,9 +48,11 @@ class ConfusionMatrix(Callback):
     no host synchronisation per batch); torchmetrics sums it across DDP ranks when computed, which all
     ranks do at epoch end. The global-zero rank then logs to every TensorBoard logger:
 
-    * ``val/confusion_matrix``: the matrix as a figure (rows true, columns predicted), with class-name
-      ticks and per-cell numbers only when the classes are few (readable at 100 classes);
-    * ``val/per_class_accuracy``: a sorted bar chart of per-class accuracy;
+    * ``val/confusion_matrix``: the matrix as a figure (rows true, columns predicted) sized for
+      TensorBoard's card: labels stay readable at its narrowest width (every k-th class is labelled
+      beyond about 14 classes; per-cell numbers only when the classes are few);
+    * ``val/per_class_accuracy``: a bar chart of per-class accuracy, worst first; above 50 classes in
+      pages ``val/per_class_accuracy/page_0``, ``page_1``, ...;
     * ``val/confused_pairs``: a text table of the ``top_n_pairs`` most confused (true -> predicted) pairs;
     * scalar ``val/worst{worst_k}_class_acc`` (the overall accuracy is the model's ``val/acc``).
 
@@ -166,19 +169,25 @@ class ConfusionMatrix(Callback):
             f"{prefix}/confusion_matrix",
             figure_to_tensor(
                 confusion_matrix_figure(
-                    cm, names, normalize=self.normalize, title=f"Confusion matrix ({prefix})"
+                    cm, names, normalize=self.normalize, title=f"Confusion matrix ({prefix})", card=True
                 )
             ),
             caption=f"epoch {trainer.current_epoch}: rows true, columns predicted",
         )
-        tb.add_image(
-            trainer,
-            f"{prefix}/per_class_accuracy",
-            figure_to_tensor(
-                per_class_accuracy_figure(acc, names, sorted=True, title=f"Per-class accuracy ({prefix})")
-            ),
-            caption=f"epoch {trainer.current_epoch}: classes sorted by accuracy",
+        pages = per_class_accuracy_pages(acc, names, title=f"Per-class accuracy ({prefix})")
+        tags = (
+            [f"{prefix}/per_class_accuracy"]
+            if len(pages) == 1
+            else page_tags(f"{prefix}/per_class_accuracy", len(pages))
         )
+        for n, (tag, page) in enumerate(zip(tags, pages, strict=True), 1):
+            tb.add_image(
+                trainer,
+                tag,
+                figure_to_tensor(page),
+                caption=f"epoch {trainer.current_epoch}: classes sorted by accuracy, worst first"
+                + (f" (page {n} of {len(pages)})" if len(pages) > 1 else ""),
+            )
         pairs = confused_pairs_table(cm, names, top_n=self.top_n_pairs)
         support = cm.sum(dim=1)
         rows = [

@@ -11,6 +11,7 @@ Modules:
              same split into pages of bounded height), colorbar
     png      encode_png, save_png (atomic, no-clobber)
     figures  confusion-matrix / per-class accuracy / confused-pairs figures, figure_to_tensor/png
+    card     what stays readable on TensorBoard's Images card (320 px of picture at the narrowest)
     tables   confused_pairs_table, name_pairs, markdown_table
 
 Example:
@@ -30,6 +31,7 @@ from lit_explain.render.figures import (
     figure_to_png,
     figure_to_tensor,
     per_class_accuracy_figure,
+    per_class_accuracy_pages,
 )
 from lit_explain.render.grid import RIGHT_COLOR, WRONG_COLOR, CaptionColor, colorbar, panel_grid, panel_pages
 from lit_explain.render.images import denormalize, guided_to_image, to_rgb, to_uint8
@@ -60,6 +62,7 @@ __all__ = [
     "panel_grid",
     "panel_pages",
     "per_class_accuracy_figure",
+    "per_class_accuracy_pages",
     "save_png",
     "to_hwc_uint8",
     "to_rgb",

@@ -153,8 +153,8 @@ def _title_ink_height(picture: np.ndarray) -> int:
 
 def test_logged_pages_are_readable_at_tensorboards_default_card_width(runs: dict) -> None:
     acc = events(runs["with"][1].logger.log_dir)
-    pages = [t for t in acc.Tags()["images"] if t.startswith("explain/")]
-    assert pages
+    pages = [t for t in acc.Tags()["images"] if t.startswith(("explain/", "val/"))]
+    assert "val/confusion_matrix" in pages and "val/per_class_accuracy" in pages
     for tag in pages:
         for entry in acc.Images(tag):
             picture = np.asarray(Image.open(io.BytesIO(entry.encoded_image_string)).convert("RGB"))

@@ -108,3 +108,46 @@ def test_figure_to_tensor_closes_pyplot_figures() -> None:
     assert plt.fignum_exists(fig.number)
     _assert_not_blank(figure_to_tensor(fig))
     assert not plt.fignum_exists(fig.number)
+
+
+def _texts(fig) -> list:
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+@pytest.mark.parametrize("n", [6, 20, 100])
+def test_card_figures_keep_every_label_readable_at_tensorboards_card_width(n: int) -> None:
+    from lit_explain.render import per_class_accuracy_pages
+    from lit_explain.render.card import MAX_PAGE_PX, MIN_TEXT_PX, shown_text_px
+
+    names = [f"class_{i:03d}" for i in range(n)]
+    matrix = confusion_matrix_figure(_cm(n), names, card=True)
+    cells = set(matrix.axes[0].texts)  # per-cell numbers are detail for full size, not labels
+    pages = per_class_accuracy_pages(torch.rand(n), names)
+    assert len(pages) == -(-n // 50)
+    for fig in [matrix, *pages]:
+        width, height = (fig.get_size_inches() * fig.dpi).round()
+        assert height <= MAX_PAGE_PX
+        labels = [t for t in _texts(fig) if t not in cells]
+        assert len(labels) >= 4
+        for text in labels:
+            assert shown_text_px(text.get_fontsize(), fig.dpi, width) >= MIN_TEXT_PX, text.get_text()
+    # The matrix labels every k-th class, evenly, at most ~14 of them.
+    ticks = [t.get_text() for t in matrix.axes[0].get_yticklabels()]
+    step = names.index(ticks[1]) if len(ticks) > 1 else 1
+    assert ticks == names[::step] and len(ticks) <= 16
+    assert (n <= 8) == bool(cells)  # cell numbers only where they fit
+    # Every class appears on exactly one accuracy page, worst first, and each page marks the overall mean.
+    shown = [t.get_text() for page in pages for t in page.axes[0].get_yticklabels()]
+    assert sorted(shown) == names
+
+
+def test_card_per_class_pages_share_the_overall_mean() -> None:
+    from lit_explain.render import per_class_accuracy_pages
+
+    acc = torch.linspace(0.0, 1.0, 60)
+    pages = per_class_accuracy_pages(acc, [f"c{i}" for i in range(60)])
+    labels = [p.axes[0].get_xlabel() for p in pages]
+    assert labels == [f"accuracy (dashed: mean {acc.mean():.3f})"] * 2
