@@ -5,12 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test env lint tensorboard
+.PHONY: demo test env env-runtime lint tensorboard
 
 env:
-	@scripts/setup_env.sh $(VENV)
+	@scripts/setup_env.sh $(VENV) dev
 
-demo: env
+env-runtime:
+	@scripts/setup_env.sh $(VENV) runtime
+
+demo: env-runtime
 	$(PY) -m lit_explain fit
 
 test: env
@@ -20,5 +23,5 @@ lint: env
 	$(VENV)/bin/ruff check lit_explain tests scripts
 	$(VENV)/bin/ruff format --check lit_explain tests scripts
 
-tensorboard: env
+tensorboard: env-runtime
 	$(VENV)/bin/tensorboard --logdir lightning_logs --host 127.0.0.1

@@ -1,31 +1,54 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment.
-#   scripts/setup_env.sh [VENV_DIR]      default: .venv
-# The environment is reused while constraints.txt and pyproject.toml are unchanged (a hash stamp inside the
-# venv records what it was built from); otherwise it is rebuilt from scratch so no stale pins survive.
+#   scripts/setup_env.sh [VENV_DIR] [runtime|dev]      defaults: .venv, dev
+# runtime: what `make demo` needs (torch, torchvision, Lightning, timm, ...); dev adds the test tools, the
+# optional W&B / MLflow loggers and the peers the tests compare against. A runtime venv is topped up to dev
+# in place when `make test` asks for it.
+# The environment is reused while constraints.txt and pyproject.toml are unchanged (a stamp inside the venv
+# records the hash it was built from and its level); otherwise it is rebuilt from scratch so no stale pins
+# survive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
+level="${2:-dev}"
+case "$level" in runtime | dev) ;; *) echo "error: level must be runtime or dev, not '$level'" >&2; exit 2 ;; esac
 python="${PYTHON:-python3}"
 want=$("$python" scripts/env_key.py)
 stamp="$venv/.lit_explain-env"
 
-if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+quiet_pip() {
+  # The local mirror prints one warning per missing index folder; they are noise, not errors.
+  "$venv/bin/pip" "$@" 2>&1 | grep -v "^WARNING: Location" || true
+}
+install() {
+  local spec="."
+  [ "$1" = dev ] && spec=".[dev]"
+  quiet_pip install --quiet -c constraints.txt -e "$spec"
+  "$venv/bin/python" -c "import torch, torchvision, lightning, lit_explain" \
+    || { echo "error: the environment in $venv does not import torch/torchvision/lightning" >&2; exit 1; }
+  printf '%s\n%s\n' "$want" "$1" > "$stamp"
+}
+
+have_key=$(sed -n 1p "$stamp" 2>/dev/null || true)
+# Stamps written before levels existed hold the key only: those venvs were built with dev.
+have_level=$(sed -n 2p "$stamp" 2>/dev/null || true)
+have_level="${have_level:-dev}"
+if [ -x "$venv/bin/python" ] && [ "$have_key" = "$want" ]; then
+  if [ "$level" = dev ] && [ "$have_level" = runtime ]; then
+    echo "Adding the test and logger dependencies to $venv (about 1-2 minutes)..." >&2
+    install dev
+  fi
   # Same pins: only make sure this checkout is the one installed (cheap when it already is).
   # -I: isolated mode, so the check sees what the venv installs, not ./lit_explain in the current folder
   # (which would always pass and leave a venv pointing at a deleted clone, e.g. a cached CI venv).
   if ! "$venv/bin/python" -I -c 'import lit_explain, pathlib, sys; sys.exit(pathlib.Path(lit_explain.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())' "$PWD" 2>/dev/null; then
-    "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+    quiet_pip install --quiet --no-deps --no-build-isolation -e .
   fi
   exit 0
 fi
 
-echo "Setting up $venv (torch + torchvision + lightning; about 2 minutes the first time)..." >&2
+echo "Setting up $venv ($level: torch + torchvision + lightning; about 1.5 (runtime) to 3.5 (dev) minutes the first time)..." >&2
 rm -rf "$venv"
 "$python" -m venv "$venv"
-# The local mirror prints one warning per missing index folder; they are noise, not errors.
-"$venv/bin/pip" install --quiet --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
-"$venv/bin/pip" install --quiet -c constraints.txt -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-"$venv/bin/python" -c "import torch, torchvision, lightning, lit_explain" \
-  || { echo "error: the environment in $venv does not import torch/torchvision/lightning" >&2; exit 1; }
-echo "$want" > "$stamp"
+quiet_pip install --quiet --upgrade pip setuptools wheel
+install "$level"
