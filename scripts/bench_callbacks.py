@@ -107,15 +107,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-DEMO_LAYERS = ["layer2", "layer3"]
+DEMO_LAYERS, DEMO_METHOD = (
+    ["layer1", "layer2"],
+    "layercam",
+)  # configs/shapes_demo.yaml (layer: null resolves to these)
 
 
 def default_callbacks(as_demo: bool = False) -> list[L.Callback]:
-    """The callbacks at their class defaults, or as configs/shapes_demo.yaml sets them (48 probes, fused layers)."""
+    """The callbacks at their class defaults, or as configs/shapes_demo.yaml sets them (48 probes, LayerCAM on fused layers)."""
     if as_demo:
         return [
-            ProbeHeatmaps(per_class=8, max_probes=48, layer=DEMO_LAYERS, min_cell=96),
-            WorstSamples(layer=DEMO_LAYERS, min_cell=96),
+            ProbeHeatmaps(per_class=8, max_probes=48, layer=DEMO_LAYERS, method=DEMO_METHOD, min_cell=96),
+            WorstSamples(layer=DEMO_LAYERS, method=DEMO_METHOD, min_cell=96),
             ConfusionMatrix(normalize=True, top_n_pairs=10),
         ]
     return [ProbeHeatmaps(), WorstSamples(), ConfusionMatrix()]

@@ -36,13 +36,18 @@ def main(argv: list[str] | None = None) -> None:
         "--spurious", action="store_true", help="validation images with a random-colour corner patch"
     )
     parser.add_argument(
-        "--layer", nargs="+", default=["layer2", "layer3"], help="one layer, or several to fuse (the demo's)"
+        "--layer",
+        nargs="+",
+        default=None,
+        help="one layer, or several to fuse (default: the model's, as the demo)",
     )
+    parser.add_argument("--method", default="layercam", help="CAM method (default: the demo recipe's)")
     parser.add_argument("--per-class", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
     model = classifier_from_checkpoint(args.checkpoint).eval()
+    layers = args.layer or model.default_explain_layers
     dm = ShapesDataModule(
         val_size=500, spurious_cue=args.spurious, eval_cue="random" if args.spurious else "none"
     )
@@ -51,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         model.net,
         batch["image"],
         batch["label"],
-        args.layer[0] if len(args.layer) == 1 else args.layer,
-        "gradcam",
+        layers[0] if len(layers) == 1 else layers,
+        args.method,
     )
     names = model.class_names
     conf = explained.probs.gather(1, explained.preds[:, None])[:, 0]
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         explained,
         captions,
         explained.preds == batch["label"],
+        method=args.method,
     )
     # The README shows the first page, as TensorBoard shows explain/probes/page_0.
     grid = pages[0]

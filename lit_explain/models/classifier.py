@@ -211,7 +211,7 @@ class ImageClassifier(L.LightningModule):
         """Layer names inside :attr:`net` to explain when none is given (callbacks, audit, explain, serve).
 
         See :func:`lit_explain.models.explain_layers.default_explain_layers`: ``layer4`` for ResNets
-        (``layer2`` + ``layer3`` fused where ``layer4`` would be under 4x4, as for 64 px shapes), the
+        (``layer1`` + ``layer2`` fused where ``layer4`` would be under 4x4, as for 64 px shapes), the
         engine's family rule for timm (``blocks.11.norm1`` for ViT-Tiny, ``stages.3`` for ConvNeXt).
         """
         if self.net is None:

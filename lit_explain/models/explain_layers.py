@@ -6,8 +6,9 @@ The rule, by family (names are dotted paths inside the plain network, ``ImageCla
   family rule (:func:`lit_explain.explain.layers.family_layer`), e.g. ``blocks.11.norm1`` for ViT-Tiny,
   ``layers.3.blocks.1.norm1`` for Swin-T, ``stages.3`` for ConvNeXt.
 - ResNets (torchvision or timm): ``layer4``; where ``layer4``'s map would be smaller than 4x4 at the
-  model's input size (64 px shapes: 2x2), ``layer2`` and ``layer3`` fused (8x8 and 4x4): a 2x2 map cannot
-  point at an object (see docs/benchmarks.md#callbacks).
+  model's input size (64 px shapes: 2x2), ``layer1`` and ``layer2`` fused (16x16 and 8x8): a 2x2 map cannot
+  point at an object, and the shallow stages can (best with LayerCAM, whose authors fuse shallow layers for
+  exactly this; see docs/benchmarks.md#demo-over-seeds).
 - Anything else: the engine's automatic choice, the last module with a 4-D output before global pooling.
 """
 
@@ -40,7 +41,7 @@ def default_explain_layers(
     Example:
         >>> from torchvision.models import resnet18
         >>> default_explain_layers(resnet18(), 3, [224, 224]), default_explain_layers(resnet18(), 3, [64, 64])
-        (['layer4'], ['layer2', 'layer3'])
+        (['layer4'], ['layer1', 'layer2'])
     """
     family = family_layer(net)
     if family is not None:
@@ -51,7 +52,7 @@ def default_explain_layers(
     if all(f"layer{i}" in names for i in (2, 3, 4)):
         shapes = _output_shapes(net, probe, ["layer4"])
         side = min(shapes["layer4"][-2:]) if len(shapes.get("layer4", ())) == 4 else 0
-        return ["layer4"] if side >= MIN_MAP_SIDE else ["layer2", "layer3"]
+        return ["layer4"] if side >= MIN_MAP_SIDE else ["layer1", "layer2"]
     return [resolve_layer(net, None, probe)[0]]
 
 

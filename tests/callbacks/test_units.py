@@ -253,7 +253,7 @@ def test_layer_none_takes_the_models_default_explanation_layers() -> None:
     from lit_explain.models import ImageClassifier
 
     model = ImageClassifier("resnet18", num_classes=6, input_size=[64, 64])
-    assert explain_layers(model, None) == ["layer2", "layer3"]  # layer4 would be 2x2 at 64 px
+    assert explain_layers(model, None) == ["layer1", "layer2"]  # layer4 would be 2x2 at 64 px
     assert explain_layers(model, "layer4") == "layer4"  # a configured layer wins
     assert explain_layers(resnet18(), None) is None  # a plain network: the engine's automatic choice
 

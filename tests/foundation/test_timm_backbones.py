@@ -178,8 +178,8 @@ def test_pretrained_tag_from_the_hugging_face_cache(
 def test_default_explanation_layers_follow_the_backbone() -> None:
     assert _shapes_model(VIT, backbone_kwargs={"patch_size": 8}).default_explain_layers == ["blocks.11.norm1"]
     assert _shapes_model(CONVNEXT).default_explain_layers == ["stages.3"]
-    # torchvision ResNets: layer4, or layer2+layer3 where layer4 would be under 4x4 (the 64 px demo).
-    assert _shapes_model("resnet18").default_explain_layers == ["layer2", "layer3"]
+    # torchvision ResNets: layer4, or layer1+layer2 where layer4 would be under 4x4 (the 64 px demo).
+    assert _shapes_model("resnet18").default_explain_layers == ["layer1", "layer2"]
     resnet = ImageClassifier("resnet18", num_classes=3, input_size=[224, 224])
     assert resnet.default_explain_layers == ["layer4"]
     cifar = ImageClassifier("resnet34", num_classes=3, cifar_stem=True, input_size=[32, 32])
