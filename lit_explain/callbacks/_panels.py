@@ -7,6 +7,7 @@ sizes that keep every page readable at TensorBoard's default card size.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,19 +89,26 @@ def explain_batch(
     )
 
 
+# Networks whose guided pass found no ReLU (weakly held: a network that is freed leaves the set).
+_NETS_WITHOUT_RELU: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
 def _predicted_class(
     net: nn.Module, images: Tensor, layer: str | list[str] | None, method: str
 ) -> tuple[Any, Tensor | None]:
     """The predicted-class CAM and, where the model allows it, Guided Grad-CAM from the same pass.
 
     Guided backprop is defined through ReLUs and Guided Grad-CAM through a CAM layer: GELU/SiLU models and
-    the rollout methods get the CAM alone and one warning, instead of a failed run.
+    the rollout methods get the CAM alone, instead of a failed run. A network found without ReLUs is
+    remembered, so the warning comes once per network (not per epoch and callback) and later calls skip
+    the guided attempt.
     """
-    if is_rollout_method(method):
+    if is_rollout_method(method) or net in _NETS_WITHOUT_RELU:
         return cam(net, images, layer=layer, targets=None, method=method), None
     try:
         result = guided_gradcam(net, images, layer=layer, targets=None, method=method)
     except NoReluError as err:
+        _NETS_WITHOUT_RELU.add(net)
         rank_zero_warn(f"the Guided Grad-CAM column is left out: {err}")
         return cam(net, images, layer=layer, targets=None, method=method), None
     return result.cam, result.guided

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning as L
 import pytest
@@ -288,6 +289,11 @@ def test_models_without_relus_and_rollout_methods_drop_the_guided_column() -> No
     reference = cam(gelu_net, images, layer="2", method="gradcam")
     assert torch.allclose(explained.pred_maps, reference.maps, atol=1e-6)
     assert torch.equal(explained.preds, reference.targets)
+    # Once per network: the next epoch (or the other callback) gets the same maps without a second warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = explain_batch(gelu_net, images, labels, layer="2", method="gradcam")
+    assert again.guided is None and torch.equal(again.pred_maps, explained.pred_maps)
 
     import timm
 
