@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from lit_explain.callbacks._panels import METHOD_LABELS
 from lit_explain.data import ShapesDataModule
 from lit_explain.explain import METHODS, attention_rollout, cam, is_rollout_method, pointing_game
 from lit_explain.models import classifier_from_checkpoint
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         game = float(pointing_game(maps, masks, tolerance=tolerance, reduction="mean"))
         name = model.hparams["backbone"].removeprefix("timm:")
         print(f"{path}: {name} {method}: pointing game {game:.3f} on {args.n} val images, accuracy {acc:.3f}")
-        titles.append(f"{name} {method}: PG {game:.2f}")
+        arch = name.split("_")[0]  # vit_tiny_patch16_224 -> vit; resnet18 stays
+        titles.append(f"{arch} {METHOD_LABELS.get(method, method)}: {game:.2f}")
         columns.append(maps[shown])
     pictures = denormalize(images[shown], models[0][0].hparams["mean"], models[0][0].hparams["std"])
     rows = [
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     names = models[0][0].class_names
     captions = [f"idx {i}: {names[int(labels[i])]}" for i in shown]
-    grid = panel_grid(rows, captions, column_titles=titles, min_cell=160, font_size=14)
+    grid = panel_grid(rows, captions, column_titles=titles, min_cell=192, font_size=14)
     save_png(args.output, grid, overwrite=args.overwrite)
     print(f"wrote {args.output}")
 

@@ -42,6 +42,8 @@ METHOD_LABELS = {
     "layercam": "LayerCAM",
     "eigencam": "Eigen-CAM",
     "scorecam": "Score-CAM",
+    "rollout": "Rollout",
+    "gradient_rollout": "Grad. rollout",
 }
 
 
