@@ -17,12 +17,19 @@ from lit_explain.outputs import MARKER
 FAST = ["--max_samples", "8", "--quality_samples", "0", "--cam_batch_size", "8", "--progress", "false"]
 
 
+def _default_sigint() -> None:
+    # A test runner started in the background by a non-interactive shell inherits SIGINT ignored, and so would
+    # the audit (Python keeps an ignored SIGINT ignored): give the child the disposition a terminal user has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(ckpt: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "lit_explain", "audit", "--ckpt_path", str(ckpt), "--output", str(out), *FAST],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 
