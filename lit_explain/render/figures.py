@@ -198,7 +198,7 @@ def per_class_accuracy_figure(
     a, names = a[order], [names[i] for i in order]
     valid = ~np.isnan(a)
     if mean is None:
-        mean = float(a[valid].mean()) if valid.any() else float("nan")
+        mean = _mean_present(a)
 
     longest = max((len(c) for c in names), default=1)
     if card:
@@ -253,8 +253,7 @@ def per_class_accuracy_pages(
     a = _host(acc, "acc").reshape(-1)
     names = _check_names(class_names, a.shape[0], "acc")
     order = np.argsort(a, kind="stable")
-    valid = ~np.isnan(a)
-    mean = float(a[valid].mean()) if valid.any() else float("nan")
+    mean = _mean_present(a)
     chunks = [order[i : i + CARD_BARS_PER_PAGE] for i in range(0, len(order), CARD_BARS_PER_PAGE)] or [order]
     pages = []
     for k, chunk in enumerate(chunks, 1):
@@ -267,6 +266,12 @@ def per_class_accuracy_pages(
             )
         )
     return pages
+
+
+def _mean_present(values: np.ndarray) -> float:
+    """Mean over the classes that have samples (NaN accuracy = no samples); NaN when none has."""
+    valid = ~np.isnan(values)
+    return float(values[valid].mean()) if valid.any() else float("nan")
 
 
 def _accuracy_colors(values: np.ndarray) -> np.ndarray:
