@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=6, help="images shown (one per class first)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    if args.output.exists() and not args.overwrite:
+        parser.error(f"{args.output} already exists; pass --overwrite to replace it")
 
     specs = [parse_spec(s) for s in args.model]
     models = [(classifier_from_checkpoint(path).eval(), method) for path, method in specs]
