@@ -6,6 +6,7 @@ test checks which installs the script asks for without installing anything.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_uv_installs_with_pips_index_settings(tmp_path: Path) -> None:
     assert uv_args[:2] == ["pip", "install"]
     assert uv_args[uv_args.index("--python") + 1] == str(venv / "bin" / "python")
     assert uv_args[uv_args.index("--index-strategy") + 1] == "unsafe-best-match"  # pip's rule
-    pairs = list(zip(uv_args, uv_args[1:]))
+    pairs = list(itertools.pairwise(uv_args))
     for pair in [
         ("--extra-index-url", "file:///mirror/a"),
         ("--extra-index-url", "file:///mirror/b"),
