@@ -20,15 +20,15 @@ quiet_pip() {
   # The local mirror prints one warning per missing index folder; they are noise, not errors.
   "$venv/bin/pip" "$@" 2>&1 | grep -v "^WARNING: Location" || true
 }
-# uv installs the same pins about 4x faster than pip (measured: 36 s against 136 s for the runtime set-up
-# from a cold cache), which is most of a first `make demo`. It gets pip's index settings (uv does not read
+# uv installs the same pins faster than pip (measured here: 53 s against 136 s for the runtime set-up from an
+# empty cache), which is most of what a first `make demo` waits for. It gets pip's index settings (uv does not read
 # pip.conf) and pip's pick-the-best-version-from-any-index rule; if uv cannot be had or fails, pip does it.
 uv_install() {
   [ "${LIT_EXPLAIN_NO_UV:-}" = 1 ] && return 1
   local uv="$venv/bin/uv"
   [ -x "$uv" ] || uv=$(command -v uv || true)
   if [ -z "$uv" ]; then
-    quiet_pip install --quiet uv
+    quiet_pip install --quiet -c constraints.txt uv
     uv="$venv/bin/uv"
   fi
   [ -x "$uv" ] || return 1
@@ -67,7 +67,7 @@ if [ -x "$venv/bin/python" ] && [ "$have_key" = "$want" ]; then
   exit 0
 fi
 
-echo "Setting up $venv ($level: torch + torchvision + lightning; about 40 s (runtime) to 2 (dev) minutes the first time)..." >&2
+echo "Setting up $venv ($level: torch + torchvision + lightning; about 1 minute the first time, more with the dev tools)..." >&2
 rm -rf "$venv"
 "$python" -m venv "$venv"
 quiet_pip install --quiet --upgrade pip setuptools wheel
