@@ -1,5 +1,5 @@
-"""Print a short hash of what the virtual environment is built from: constraints.txt and pyproject's
-dependency lists (not the whole pyproject, so a lint or pytest setting does not trigger a 6 GB rebuild)."""
+"""Print a short hash of what the virtual environment is built from: constraints.txt, pyproject's dependency
+lists (not the whole pyproject, so a lint or pytest setting does not trigger a 6 GB rebuild) and the installer."""
 
 import hashlib
 import json
@@ -15,5 +15,10 @@ try:
     deps = json.dumps([project.get("dependencies"), project.get("optional-dependencies")], sort_keys=True)
 except ModuleNotFoundError:  # Python 3.10 has no tomllib: fall back to the whole file
     deps = pyproject
-digest = hashlib.sha256(((root / "constraints.txt").read_text() + deps + sys.version).encode()).hexdigest()
+# The installer script is part of what the venv is built from: a change in how it installs (e.g. byte-code
+# compilation) rebuilds the venv instead of leaving one built the old way.
+installer = (root / "scripts" / "setup_env.sh").read_text()
+digest = hashlib.sha256(
+    ((root / "constraints.txt").read_text() + deps + installer + sys.version).encode()
+).hexdigest()
 print(digest[:16])

@@ -34,7 +34,9 @@ uv_install() {
   [ -x "$uv" ] || return 1
   local index_args=()
   mapfile -t index_args < <("$venv/bin/pip" config list 2>/dev/null | "$venv/bin/python" scripts/pip_index_args.py)
-  "$uv" pip install --quiet --python "$venv/bin/python" --index-strategy unsafe-best-match \
+  # --compile-bytecode: what pip does by default. Without .pyc files every process recompiles what it imports
+  # where byte-code writing is off (PYTHONDONTWRITEBYTECODE, read-only venvs): measured +2 min on the test suite.
+  "$uv" pip install --quiet --compile-bytecode --python "$venv/bin/python" --index-strategy unsafe-best-match \
     "${index_args[@]}" -c constraints.txt -e "$1"
 }
 install() {
