@@ -34,15 +34,18 @@ uv_install() {
   [ -x "$uv" ] || return 1
   local index_args=()
   mapfile -t index_args < <("$venv/bin/pip" config list 2>/dev/null | "$venv/bin/python" scripts/pip_index_args.py)
-  # --compile-bytecode: what pip does by default. Without .pyc files every process recompiles what it imports
-  # where byte-code writing is off (PYTHONDONTWRITEBYTECODE, read-only venvs): measured +2 min on the test suite.
-  "$uv" pip install --quiet --compile-bytecode --python "$venv/bin/python" --index-strategy unsafe-best-match \
+  # dev: --compile-bytecode, as pip does. Without .pyc files every process recompiles what it imports where
+  # byte-code writing is off (PYTHONDONTWRITEBYTECODE, as in CI): measured +2 to +5 min on the test suite. The
+  # runtime set-up skips it (+33 s on a first `make demo`; the fit writes the .pyc files it needs itself).
+  local compile=()
+  [ "$2" = dev ] && compile=(--compile-bytecode)
+  "$uv" pip install --quiet "${compile[@]}" --python "$venv/bin/python" --index-strategy unsafe-best-match \
     "${index_args[@]}" -c constraints.txt -e "$1"
 }
 install() {
   local spec="."
   [ "$1" = dev ] && spec=".[dev]"
-  if ! uv_install "$spec"; then
+  if ! uv_install "$spec" "$1"; then
     echo "Installing with pip (uv was not available or failed; this takes a few minutes longer)..." >&2
     quiet_pip install --quiet -c constraints.txt -e "$spec"
   fi

@@ -92,6 +92,7 @@ def test_uv_installs_with_pips_index_settings(tmp_path: Path) -> None:
     assert uv_args[:2] == ["pip", "install"]
     assert uv_args[uv_args.index("--python") + 1] == str(venv / "bin" / "python")
     assert uv_args[uv_args.index("--index-strategy") + 1] == "unsafe-best-match"  # pip's rule
+    assert "--compile-bytecode" in uv_args  # dev: .pyc files, as pip writes them
     pairs = list(itertools.pairwise(uv_args))
     for pair in [
         ("--extra-index-url", "file:///mirror/a"),
