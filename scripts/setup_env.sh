@@ -73,6 +73,12 @@ if [ -x "$venv/bin/python" ] && [ "$have_key" = "$want" ]; then
 fi
 
 echo "Setting up $venv ($level: torch + torchvision + lightning; about 1 minute the first time, more with the dev tools)..." >&2
+# Only a virtual environment is replaced: VENV pointing at any other folder (`make demo VENV=.`) is refused,
+# so nothing the set-up did not make is deleted.
+if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ]; then
+  echo "error: $venv exists and is not a virtual environment; refusing to replace it (choose another VENV)" >&2
+  exit 1
+fi
 rm -rf "$venv"
 "$python" -m venv "$venv"
 quiet_pip install --quiet --upgrade pip setuptools wheel

@@ -105,6 +105,15 @@ def test_uv_installs_with_pips_index_settings(tmp_path: Path) -> None:
     assert (venv / ".lit_explain-env").read_text().splitlines() == [_key(), "dev"]
 
 
+def test_a_folder_that_is_not_a_venv_is_never_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "keep.jpg").write_bytes(b"user data")
+    done = _run(folder, "runtime")
+    assert done.returncode == 1 and "not a virtual environment" in done.stderr
+    assert (folder / "keep.jpg").read_bytes() == b"user data"
+
+
 def test_an_unknown_level_is_refused(tmp_path: Path) -> None:
     venv = _fake_venv(tmp_path, _key() + "\n")
     done = _run(venv, "everything")
