@@ -9,27 +9,41 @@ count, and the server's resident memory (from /proc) sampled while the requests 
     python scripts/bench_serve.py --ckpt_path last.ckpt --requests 1000 --clients 8
     python scripts/bench_serve.py --compare_batching               # max_batch 1 vs --max_batch
     python scripts/bench_serve.py --large 16 --compare_budget      # 16 concurrent 7000x7000 PNGs: peak RSS
+    python scripts/bench_serve.py --bodies 100                     # 100 concurrent 19 MB bodies: peak RSS
 
 ``--large N`` skips the throughput runs and instead sends N concurrent requests with a large PNG
 (``--large_side``, default 7000x7000: about 0.2 MB, under every size limit, 49 megapixels decoded), sampling
 the server's resident memory every 20 ms: its peak, and what it keeps 2 s after the last answer. With
 ``--compare_budget`` it does the same with the pixel budget switched off (``--decode_budget`` 10^15).
+
+``--bodies N`` sends N concurrent requests whose body is as large as the default ``--max_bytes`` allows: a
+valid 320x240 PNG carrying a private ancillary chunk of ``--chunk_mb`` (14.5) MB of noise, base64 in JSON,
+about 19.6 MB. The image decodes to 77 k pixels, so only the body budget (``--body_budget``) bounds what
+the server holds. It reports the server's peak RSS over idle (sampled every 20 ms), the count of each status
+code (503s are the body budget's refusals, with ``Retry-After``) and client-side failures, then opens 10
+connections that send their request head a byte every 0.2 s and reports how long the server kept each one
+(``--header_timeout_s``, default 10 s). Exit status 1 when the peak is over ``--max_over_idle_mb`` (1024),
+or any answer is a 5xx other than 503, or a client failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import io
 import json
 import os
+import select
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -275,6 +289,108 @@ def bench_large(args: argparse.Namespace, ckpt: Path, budget: int | None) -> dic
     }
 
 
+def png_with_chunk(chunk_bytes: int) -> bytes:
+    """A valid 320x240 RGB PNG with a private ancillary chunk ("prVt") of ``chunk_bytes`` of noise after IHDR.
+
+    Decoders skip such a chunk (lower-case first letter: ancillary), so the image is small to decode while
+    the file, and the request body carrying it, is large.
+    """
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    data = rng.integers(0, 255, chunk_bytes, dtype=np.uint8).tobytes()
+    chunk = struct.pack(">I", len(data)) + b"prVt" + data + struct.pack(">I", zlib.crc32(b"prVt" + data))
+    ihdr_end = 8 + 25  # signature, then IHDR: length, type, 13 bytes, CRC
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def held_open_s(port: int, give_up_s: float = 60.0) -> float:
+    """Seconds the server keeps a connection that sends its request head one byte every 0.2 s."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        start = time.monotonic()
+        s.sendall(b"POST /predict_with_gradcam HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        while time.monotonic() - start < give_up_s:
+            readable, _, _ = select.select([s], [], [], 0.2)
+            try:
+                if readable and not s.recv(65536):
+                    break
+                if not readable:
+                    s.sendall(b"a")
+            except OSError:  # reset: closed as well
+                break
+        return time.monotonic() - start
+
+
+def bench_bodies(args: argparse.Namespace, ckpt: Path) -> dict:
+    """``args.bodies`` concurrent large bodies, then 10 slow-header clients: statuses, RSS, held times."""
+    image = png_with_chunk(int(args.chunk_mb * 1e6))
+    payload = json.dumps({"image": base64.b64encode(image).decode()}).encode()
+    extra = [] if args.body_budget is None else ["--body_budget", str(args.body_budget)]
+    extra += [] if args.body_wait_s is None else ["--body_wait_s", str(args.body_wait_s)]
+    port = free_port()
+    proc = start_server(ckpt, port, args.max_batch, args.max_wait_ms, args.threads, *extra)
+    url = f"http://127.0.0.1:{port}/predict_with_gradcam"
+    try:
+        time.sleep(2.0)
+        idle = rss_mb(proc.pid)
+
+        def send(_: int) -> str:
+            try:
+                with httpx.Client(timeout=600) as http:
+                    r = http.post(url, content=payload, headers={"Content-Type": "application/json"})
+                if r.status_code == 503 and r.headers.get("retry-after") is None:
+                    return "503 without Retry-After"
+                return str(r.status_code)
+            except Exception as exc:  # every client-side failure counts, whatever it is
+                return type(exc).__name__
+
+        start = time.perf_counter()
+        with RssSampler(proc.pid) as sampler, ThreadPoolExecutor(args.bodies) as pool:
+            outcomes = list(pool.map(send, range(args.bodies)))
+        wall = time.perf_counter() - start
+        time.sleep(2.0)
+        after = rss_mb(proc.pid)
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+        with ThreadPoolExecutor(10) as pool:
+            held = list(pool.map(lambda _: held_open_s(port), range(10)))
+    finally:
+        stop(proc)
+    return {
+        "requests": args.bodies,
+        "body_mb": len(payload) / 1e6,
+        "max_bytes": health["bodies"]["max_bytes"],
+        "body_budget": health["bodies"]["capacity"],
+        "body_budget_peak": health["bodies"]["peak"],
+        "body_wait_s": args.body_wait_s,
+        "outcomes": dict(collections.Counter(outcomes)),
+        "wall_s": wall,
+        "rss_idle_mb": idle,
+        "rss_peak_mb": sampler.peak,
+        "rss_after_mb": after,
+        "slow_header_held_s": held,
+    }
+
+
+def main_bodies(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(args.ckpt_path) if args.ckpt_path else make_checkpoint(Path(tmp), args.input_size)
+        run = bench_bodies(args, ckpt)
+    over = run["rss_peak_mb"] - run["rss_idle_mb"]
+    held = run["slow_header_held_s"]
+    print(
+        f"{run['requests']} concurrent bodies of {run['body_mb']:.2f} MB (--max_bytes {run['max_bytes']:,}), "
+        f"body budget {run['body_budget']:,} bytes (peak held {run['body_budget_peak']:,}): "
+        f"outcomes {run['outcomes']} in {run['wall_s']:.1f} s; server RSS idle {run['rss_idle_mb']:.0f} MB, "
+        f"peak {run['rss_peak_mb']:.0f} MB (+{over:.0f} MB), 2 s after {run['rss_after_mb']:.0f} MB"
+    )
+    print(f"10 slow-header clients held open {min(held):.2f}-{max(held):.2f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(run, indent=2))
+    bad = [k for k in run["outcomes"] if k not in ("200", "503")]
+    return 0 if over <= args.max_over_idle_mb and not bad else 1
+
+
 def main_large(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(args.ckpt_path) if args.ckpt_path else make_checkpoint(Path(tmp), args.input_size)
@@ -315,7 +431,22 @@ def main() -> int:
         "--decode_budget", type=int, default=None, help="the server's --decode_budget (default: its own)"
     )
     parser.add_argument("--compare_budget", action="store_true", help="also run --large without a budget")
+    parser.add_argument("--bodies", type=int, default=0, help="N concurrent large bodies (memory test)")
+    parser.add_argument("--chunk_mb", type=float, default=14.5, help="ancillary chunk in each --bodies PNG")
+    parser.add_argument(
+        "--body_budget", type=int, default=None, help="the server's --body_budget (default: its own)"
+    )
+    parser.add_argument(
+        "--body_wait_s", type=float, default=None, help="the server's --body_wait_s (default: its own)"
+    )
+    parser.add_argument(
+        "--max_over_idle_mb", type=float, default=1024, help="--bodies fails above this peak over idle"
+    )
     args = parser.parse_args()
+    if args.bodies:
+        if not 1 <= args.bodies <= 200:
+            parser.error("--bodies must be in 1..200")
+        return main_bodies(args)
     if args.large:
         if not 1 <= args.large <= 64:
             parser.error("--large must be in 1..64")

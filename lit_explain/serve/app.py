@@ -9,8 +9,10 @@ Endpoints:
 Every error is a JSON ``{"error": "...", "request_id": "..."}``: a 4xx that says what was wrong with the
 request, or a 500 whose details go to the server log under the same request id (:mod:`.errors`). The
 service keeps serving after any bad request. The modules behind it: :mod:`.bodies` (reading and checking
-the request), :mod:`.decoding` (size limits and the shared pixel budget), :mod:`.batching` (micro-batches),
-:mod:`.service` (the answers), :mod:`.lowconf` (the low-confidence log).
+the request: content type, size, body budget, read deadline), :mod:`.decoding` (size limits and the shared
+pixel budget), :mod:`.batching` (micro-batches), :mod:`.service` (the answers), :mod:`.lowconf` (the
+low-confidence log), :mod:`.protocol` (the deadline for request heads). Browsers get CORS headers only for
+``ServeSettings.cors_origin``.
 """
 
 from __future__ import annotations
@@ -22,29 +24,43 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 from PIL import Image
 
 from lit_explain.inference.explainer import Explainer
-from lit_explain.serve.bodies import decode_base64_image, read_json
-from lit_explain.serve.errors import ApiError, install_error_handling, request_id
+from lit_explain.serve.bodies import decode_base64_image
+from lit_explain.serve.errors import REQUEST_ID_HEADER, ApiError, install_error_handling, request_id
 from lit_explain.serve.service import DEFAULT_MAX_BYTES, ExplainService, ServeSettings
 
 
 def _add_explain_routes(app: FastAPI, service: ExplainService) -> None:
-    max_bytes = service.settings.max_bytes
-
+    # The body's share of the body budget is held until the answer is built: the payload and the image
+    # bytes decoded from it live that long.
     @app.post("/predict_with_gradcam")
     async def predict_with_gradcam(request: Request) -> dict[str, Any]:
         """Predict the class of ``image`` and explain the prediction."""
-        payload = await read_json(request, max_bytes)
-        return await service.explain(payload, None, request_id(request))
+        async with service.bodies.json(request) as payload:
+            return await service.explain(payload, None, request_id(request))
 
     @app.post("/analyze_class")
     async def analyze_class(request: Request) -> dict[str, Any]:
         """Explain ``image`` for the class ``class_name`` (or an integer ``class_index``)."""
-        payload = await read_json(request, max_bytes)
-        return await service.explain(payload, service.class_target(payload), request_id(request))
+        async with service.bodies.json(request) as payload:
+            return await service.explain(payload, service.class_target(payload), request_id(request))
+
+
+def _allow_origin(app: FastAPI, origin: str | None) -> None:
+    """CORS for the one origin the operator named; without one no CORS header is ever sent."""
+    if origin is None:
+        return
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[origin],
+        allow_methods=["GET", "POST"],
+        allow_headers=["Content-Type", REQUEST_ID_HEADER],
+        expose_headers=[REQUEST_ID_HEADER],
+    )
 
 
 def _add_info_routes(app: FastAPI, service: ExplainService) -> None:
@@ -84,6 +100,7 @@ def create_app(explainer: Explainer, settings: ServeSettings | None = None) -> F
     app.state.explainer, app.state.settings = explainer, service.settings
     app.state.batcher, app.state.budget, app.state.log = service.batcher, service.budget, service.log
     install_error_handling(app)
+    _allow_origin(app, service.settings.cors_origin)  # outside the error handling: errors get it too
     _add_explain_routes(app, service)
     _add_info_routes(app, service)
     return app

@@ -3,34 +3,70 @@
 The body is read by hand so that the size limit applies while reading (a chunked upload has no
 ``Content-Length`` to check first). JSON that Python's parser cannot hold (a 5000-digit integer, 100,000
 levels of nesting) is a 400 like any other invalid JSON, and values echoed back are shortened.
+
+:class:`BodyReader` adds the limits that bound what requests in flight hold, checked before a byte of the
+body is buffered: the ``Content-Type`` must be ``application/json`` (415; a cross-origin web page cannot
+send that without a CORS preflight, which the service refuses unless ``--cors_origin`` names the page),
+the bodies being read and handled share a byte budget (a request that cannot get its share within
+``body_wait_s`` gets 503 with ``Retry-After``), and a body must arrive within ``body_timeout_s`` (408).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from lit_explain.serve.budget import Budget
+from lit_explain.serve.decoding import release_memory
 from lit_explain.serve.errors import ApiError, shorten
 
 MAX_TOP_K = 20
+JSON_MEDIA_TYPE = "application/json"
+# Bytes of request bodies held at once: ten 20 MB bodies. A held body costs about twice its size in memory
+# (the JSON text's image string and the decoded file), measured in docs/benchmarks.md.
+DEFAULT_BODY_BUDGET = 200_000_000
+RETRY_AFTER_S = 2  # what a 503 for a full body budget tells the client to wait
+TRIM_AFTER_BYTES = 4_000_000  # hand freed memory back to the OS after a body this large
 
 
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object; 413 over ``max_bytes``, 400 for invalid JSON, 422 for a non-object."""
+def require_json(request: Request) -> None:
+    """415 unless the request says its body is JSON: the service's one check of ``Content-Type``.
+
+    ``text/plain``, form and multipart bodies are what a web page may post to another origin without a
+    CORS preflight; refusing them keeps other sites from using a server on localhost.
+    """
+    given = request.headers.get("content-type")
+    if given is None or given.split(";", 1)[0].strip().lower() != JSON_MEDIA_TYPE:
+        shown = "no Content-Type" if given is None else f"Content-Type {shorten(given, 60)}"
+        raise ApiError(
+            415, f"the request body must be JSON sent with Content-Type: {JSON_MEDIA_TYPE}, got {shown}"
+        )
+
+
+def declared_length(request: Request, max_bytes: int) -> int | None:
+    """The body size the client declared (None for a chunked upload); 400 if invalid, 413 over ``max_bytes``."""
     declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit() or len(declared) > 20:
-            raise ApiError(400, f"invalid Content-Length header {shorten(declared, 30)}")
-        if int(declared) > max_bytes:
-            raise ApiError(
-                413, f"request body of {int(declared):,} bytes exceeds the limit of {max_bytes:,} bytes"
-            )
+    if declared is None:
+        return None
+    if not declared.isdigit() or len(declared) > 20:
+        raise ApiError(400, f"invalid Content-Length header {shorten(declared, 30)}")
+    if int(declared) > max_bytes:
+        raise ApiError(
+            413, f"request body of {int(declared):,} bytes exceeds the limit of {max_bytes:,} bytes"
+        )
+    return int(declared)
+
+
+async def _collect(request: Request, max_bytes: int) -> bytearray:
     body = bytearray()
     try:
         async for chunk in request.stream():
@@ -39,10 +75,85 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
                 raise ApiError(413, f"request body exceeds the limit of {max_bytes:,} bytes")
     except ClientDisconnect:  # nobody is left to answer; a 4xx keeps it out of the server-error log
         raise ApiError(400, "the client disconnected before sending the whole body") from None
-    return parse_json_object(bytes(body))
+    return body
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+async def read_json(request: Request, max_bytes: int, timeout_s: float | None = None) -> dict[str, Any]:
+    """The request body as a JSON object; 413 over ``max_bytes``, 400 for invalid JSON, 422 for a non-object.
+
+    With ``timeout_s``, a body that has not fully arrived that many seconds after reading began is a 408,
+    answered with ``Connection: close`` so that the slow client does not keep the connection either.
+    """
+    declared_length(request, max_bytes)
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = await _collect(request, max_bytes)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s; send it in one go, or start the "
+            "server with a longer --body_timeout_s",
+            headers={"Connection": "close"},
+        ) from None
+    return parse_json_object(body)  # json reads the bytearray as is: no second copy of a large body
+
+
+class BodyReader:
+    """JSON request bodies under the limits that bound what requests in flight hold in memory.
+
+    ``async with reader.json(request) as payload`` checks the content type and the declared length,
+    reserves the body's bytes from the shared budget (the declared length, or ``max_bytes`` for a chunked
+    upload, whose size is unknown until it has arrived) *before* reading any of it, reads it within
+    ``timeout_s``, and keeps the reservation until the block ends, because the payload and what the request
+    derives from it (the decoded image file) live that long.
+
+    Args:
+        max_bytes: the largest body (413 above it).
+        budget: the byte budget shared by all requests.
+        wait_s: how long a request may wait for its share of the budget before a 503.
+        timeout_s: how long a body may take to arrive once reading began (408 after it).
+
+    Example:
+        >>> reader = BodyReader(20_000_000, Budget(200_000_000, what="body budget"), wait_s=5, timeout_s=30)
+        >>> async with reader.json(request) as payload:  # doctest: +SKIP
+        ...     return await service.explain(payload, None)
+    """
+
+    def __init__(self, max_bytes: int, budget: Budget, wait_s: float, timeout_s: float) -> None:
+        self.max_bytes, self.budget = max_bytes, budget
+        self.wait_s, self.timeout_s = wait_s, timeout_s
+
+    @contextlib.asynccontextmanager
+    async def json(self, request: Request) -> AsyncIterator[dict[str, Any]]:
+        require_json(request)
+        declared = declared_length(request, self.max_bytes)
+        charge = self.max_bytes if declared is None else declared
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.budget.reserve(charge, timeout=self.wait_s))
+            except TimeoutError:
+                raise self._busy(charge) from None
+            payload = await read_json(request, self.max_bytes, self.timeout_s)
+            try:
+                yield payload
+            finally:
+                # Drop the body's data when the block ends rather than when the caller's frame does, so the
+                # budget is released with the memory it stands for, which can then go back to the OS.
+                payload.clear()
+                if charge >= TRIM_AFTER_BYTES:
+                    await asyncio.to_thread(release_memory)
+
+    def _busy(self, charge: int) -> ApiError:
+        # The body stays unread; the server discards it as it arrives and keeps the connection usable.
+        return ApiError(
+            503,
+            f"the server is busy: request bodies in flight already hold its body budget of "
+            f"{self.budget.capacity:,} bytes (this one needs {charge:,}); retry in {RETRY_AFTER_S} s",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+def parse_json_object(body: bytes | bytearray) -> dict[str, Any]:
     """Parse ``body`` as a JSON object, turning every way it can fail into a 400/422 :class:`ApiError`."""
     try:
         payload = json.loads(body)
@@ -111,4 +222,17 @@ def class_field(payload: dict[str, Any]) -> str | int:
     return name
 
 
-__all__ = ["MAX_TOP_K", "class_field", "decode_base64_image", "parse_json_object", "read_json", "top_k_field"]
+__all__ = [
+    "DEFAULT_BODY_BUDGET",
+    "JSON_MEDIA_TYPE",
+    "MAX_TOP_K",
+    "RETRY_AFTER_S",
+    "BodyReader",
+    "class_field",
+    "declared_length",
+    "decode_base64_image",
+    "parse_json_object",
+    "read_json",
+    "require_json",
+    "top_k_field",
+]

@@ -18,7 +18,9 @@ from jsonargparse import ArgumentParser, Namespace
 from lit_explain.errors import ConfigError, LitExplainError
 from lit_explain.inference.cli import add_model_arguments, explainer_from_args
 from lit_explain.serve.app import create_app, warm_up
+from lit_explain.serve.bodies import DEFAULT_BODY_BUDGET
 from lit_explain.serve.decoding import DEFAULT_DECODE_BUDGET
+from lit_explain.serve.protocol import head_deadline_protocol
 from lit_explain.serve.service import DEFAULT_MAX_BYTES, ServeSettings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -42,6 +44,32 @@ def build_parser() -> ArgumentParser:
         help="pixels decoded at once across all requests, others wait (about 5 bytes of memory per RGB pixel; RGBA, palette and 16-bit count 4x)",
     )
     parser.add_argument(
+        "--body_budget",
+        type=int,
+        default=DEFAULT_BODY_BUDGET,
+        help="bytes of request bodies held at once across all requests (about 2 bytes of memory each); "
+        "a request that does not fit waits up to --body_wait_s, then gets 503 with Retry-After",
+    )
+    parser.add_argument(
+        "--body_wait_s", type=float, default=5.0, help="how long a request waits for the body budget"
+    )
+    parser.add_argument(
+        "--body_timeout_s", type=float, default=30.0, help="seconds a request body may take to arrive (408)"
+    )
+    parser.add_argument(
+        "--header_timeout_s",
+        type=float,
+        default=10.0,
+        help="seconds a connection may take to send its request line and headers before it is closed",
+    )
+    parser.add_argument(
+        "--cors_origin",
+        type=str | None,
+        default=None,
+        help="the one web origin allowed to call the service from a browser, e.g. http://localhost:3000 "
+        "(default: none, no CORS headers)",
+    )
+    parser.add_argument(
         "--max_batch", type=int, default=8, help="requests per batched forward/backward (1: off)"
     )
     parser.add_argument("--max_wait_ms", type=float, default=5.0, help="how long a request waits for a batch")
@@ -50,6 +78,12 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--log_dir", type=str, default="low_confidence", help="folder for low-confidence records"
+    )
+    parser.add_argument(
+        "--log_max_mb",
+        type=float,
+        default=200.0,
+        help="megabytes the low-confidence records may fill; past it a warning is logged and recording stops",
     )
     parser.add_argument(
         "--log_level",
@@ -86,23 +120,34 @@ def _check(cfg: Namespace) -> None:
         raise ConfigError(f"--log_level {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
 
+def _settings(cfg: Namespace) -> ServeSettings:
+    """The service's settings from the command line (checked, before any model is loaded)."""
+    return ServeSettings(
+        max_bytes=cfg.max_bytes,
+        max_batch=cfg.max_batch,
+        max_wait_ms=cfg.max_wait_ms,
+        decode_budget=cfg.decode_budget,
+        body_budget=cfg.body_budget,
+        body_wait_s=cfg.body_wait_s,
+        body_timeout_s=cfg.body_timeout_s,
+        header_timeout_s=cfg.header_timeout_s,
+        cors_origin=cfg.cors_origin,
+        log_below=cfg.log_below,
+        log_dir=Path(cfg.log_dir),
+        log_max_mb=cfg.log_max_mb,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Load the model, warm it up and serve until interrupted; returns the exit code."""
     cfg = build_parser().parse_args(argv)
     try:
         _check(cfg)
+        settings = _settings(cfg)
         # Rows per forward = requests per batch: the service explains one class per request.
         cfg.batch_size = max(cfg.batch_size, cfg.max_batch)
         explainer = explainer_from_args(cfg, guided=False)
         warm_up(explainer)
-        settings = ServeSettings(
-            max_bytes=cfg.max_bytes,
-            max_batch=cfg.max_batch,
-            max_wait_ms=cfg.max_wait_ms,
-            decode_budget=cfg.decode_budget,
-            log_below=cfg.log_below,
-            log_dir=Path(cfg.log_dir),
-        )
         app = create_app(explainer, settings)
     except LitExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -110,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     uvicorn.run(
-        app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, log_config=logging_config(cfg.log_level)
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level=cfg.log_level,
+        log_config=logging_config(cfg.log_level),
+        # uvicorn times out idle kept-alive connections only; this also closes slow or silent new ones.
+        http=head_deadline_protocol(settings.header_timeout_s),
     )
     return 0

@@ -15,11 +15,9 @@ so the service does not keep the peak's resident size.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import ctypes
 import ctypes.util
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TypeVar
 
@@ -27,6 +25,7 @@ from PIL import Image
 
 from lit_explain.data.images import PIL_PARSE_ERRORS, ImageDecodeError
 from lit_explain.inference.preprocess import ImageTooLargeError, Prepared, Preprocessor
+from lit_explain.serve.budget import Budget
 from lit_explain.serve.errors import ApiError, logger
 
 T = TypeVar("T")
@@ -40,13 +39,8 @@ TRIM_AFTER_PIXELS = 4_000_000  # return freed memory to the OS after decoding an
 _MALFORMED = (*PIL_PARSE_ERRORS, Image.DecompressionBombError)
 
 
-class PixelBudget:
-    """A first-come-first-served counting semaphore over pixels, for one event loop.
-
-    ``async with budget.reserve(n)`` waits until ``n`` more pixels fit, holds them inside the block and
-    returns them on exit (also on errors and cancellation). A request larger than the whole budget waits
-    until nothing else holds any, then runs alone. Waiters are served in arrival order, so a stream of
-    small images cannot starve a large one. ``peak`` is the most pixels ever held at once.
+class PixelBudget(Budget):
+    """The decode budget: a :class:`~lit_explain.serve.budget.Budget` over pixels, shared by all requests.
 
     Args:
         capacity: pixels that may be held at once (>= 1).
@@ -59,57 +53,7 @@ class PixelBudget:
     """
 
     def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"the pixel budget must be >= 1, got {capacity}")
-        self.capacity = int(capacity)
-        self.in_use = 0
-        self.peak = 0
-        self.waited = 0  # reservations that had to wait
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
-
-    def _grant(self, pixels: int) -> None:
-        self.in_use += pixels
-        self.peak = max(self.peak, self.in_use)
-
-    def _wake(self) -> None:
-        while self._waiters and self.in_use + self._waiters[0][0] <= self.capacity:
-            pixels, future = self._waiters.popleft()
-            if not future.done():  # skip waiters that were cancelled meanwhile
-                self._grant(pixels)
-                future.set_result(None)
-
-    def _release(self, pixels: int) -> None:
-        self.in_use -= pixels
-        self._wake()
-
-    @contextlib.asynccontextmanager
-    async def reserve(self, pixels: int) -> AsyncIterator[None]:
-        """Hold ``pixels`` (at least 1, at most the whole budget) for the duration of the block."""
-        need = min(max(int(pixels), 1), self.capacity)
-        if not self._waiters and self.in_use + need <= self.capacity:
-            self._grant(need)
-        else:
-            self.waited += 1
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            entry = (need, future)
-            self._waiters.append(entry)
-            try:
-                await future
-            except asyncio.CancelledError:
-                if future.done() and not future.cancelled():
-                    self._release(need)  # granted just as the request was cancelled
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._waiters.remove(entry)
-                    self._wake()  # a cancelled head may have been blocking smaller requests
-                raise
-        try:
-            yield
-        finally:
-            self._release(need)
-
-    def as_dict(self) -> dict[str, int]:
-        return {"capacity": self.capacity, "in_use": self.in_use, "peak": self.peak, "waited": self.waited}
+        super().__init__(capacity, what="pixel budget")
 
 
 @lru_cache(maxsize=1)

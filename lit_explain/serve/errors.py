@@ -32,13 +32,18 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 class ApiError(Exception):
     """A request error turned into ``{"error": message, ...extra, "request_id": id}`` with ``status``.
 
+    ``headers`` go on the response as they are.
+
     Example:
         >>> raise ApiError(422, "field 'top_k' must be an integer from 1 to 20")  # doctest: +SKIP
     """
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.extra = status, message, extra
+        self.headers = headers or {}  # e.g. Retry-After on a 503, Connection: close on a 408
 
 
 def shorten(value: Any, limit: int = ECHO_LIMIT) -> str:
@@ -122,7 +127,9 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     rid = request_id(request)
     message = _clip(exc.message)
     logger.info("request %s: %s %s -> %d: %s", rid, request.method, request.url.path, exc.status, message)
-    return JSONResponse({"error": message, **exc.extra, "request_id": rid}, status_code=exc.status)
+    return JSONResponse(
+        {"error": message, **exc.extra, "request_id": rid}, status_code=exc.status, headers=exc.headers
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lit_explain.errors import ConfigError
 from lit_explain.inference.explainer import Explainer, Explanation, UnknownClassError
 from lit_explain.inference.preprocess import Prepared
 from lit_explain.outputs import OutputError
 from lit_explain.render import encode_png
 from lit_explain.serve.batching import MicroBatcher
-from lit_explain.serve.bodies import class_field, decode_base64_image, top_k_field
+from lit_explain.serve.bodies import (
+    DEFAULT_BODY_BUDGET,
+    BodyReader,
+    class_field,
+    decode_base64_image,
+    top_k_field,
+)
+from lit_explain.serve.budget import Budget
 from lit_explain.serve.decoding import DEFAULT_DECODE_BUDGET, ImageDecoder, PixelBudget
 from lit_explain.serve.errors import ApiError, logger, shorten
 from lit_explain.serve.lowconf import LowConfidenceLog
@@ -32,8 +41,18 @@ class ServeSettings:
         max_batch, max_wait_ms: micro-batching (``max_batch=1`` turns it off).
         decode_budget: pixels (width x height, from the images' headers) decoded at once across all
             requests; more wait their turn. Bounds the decoding memory (about 5 bytes per RGB pixel).
+        body_budget: bytes of request bodies held at once across all requests (see
+            :class:`~lit_explain.serve.bodies.BodyReader`); a request whose body does not fit waits up
+            to ``body_wait_s`` seconds, then gets 503 with ``Retry-After``.
+        body_timeout_s: seconds a request body may take to arrive (408 after it).
+        header_timeout_s: seconds a new connection may take to send a complete request head before the
+            server closes it (applied by ``python -m lit_explain serve``'s server, not by the app).
+        cors_origin: the one web origin (``http://host:port``) allowed to call the service from a
+            browser; None sends no CORS headers, so browsers let no other page read the answers.
         log_below: record requests whose confidence is below this into ``log_dir`` (None: off).
         log_dir: where the low-confidence records go.
+        log_max_mb: megabytes of records ``log_dir`` may hold; past it one warning is logged and
+            recording stops.
         png_level: zlib level of the returned PNGs (1: fast).
 
     Example:
@@ -45,9 +64,18 @@ class ServeSettings:
     max_batch: int = 8
     max_wait_ms: float = 5.0
     decode_budget: int = DEFAULT_DECODE_BUDGET
+    body_budget: int = DEFAULT_BODY_BUDGET
+    body_wait_s: float = 5.0
+    body_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    cors_origin: str | None = None
     log_below: float | None = None
     log_dir: Path = Path("low_confidence")
+    log_max_mb: float = 200.0
     png_level: int = 1
+
+    def __post_init__(self) -> None:
+        check_limits(self)
 
 
 @dataclass
@@ -55,6 +83,28 @@ class _Work:
     prepared: Prepared  # only the small model input goes to the batch; the decoded image is gone
     target: int | None
     top_k: int
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
+
+
+def check_limits(settings: ServeSettings) -> None:
+    """Raise :class:`~lit_explain.errors.ConfigError` naming the option when a limit cannot work."""
+    if settings.body_budget < 1 or settings.log_max_mb <= 0:
+        raise ConfigError(
+            f"--body_budget must be >= 1 and --log_max_mb > 0, got {settings.body_budget} and {settings.log_max_mb}"
+        )
+    if settings.body_wait_s < 0 or settings.body_timeout_s <= 0 or settings.header_timeout_s <= 0:
+        raise ConfigError(
+            "--body_wait_s must be >= 0 and --body_timeout_s, --header_timeout_s > 0 (seconds), got "
+            f"{settings.body_wait_s}, {settings.body_timeout_s} and {settings.header_timeout_s}"
+        )
+    origin = settings.cors_origin
+    if origin is not None and not _ORIGIN.fullmatch(origin):
+        raise ConfigError(
+            f"--cors_origin must be one web origin such as http://localhost:3000 (scheme, host and port, no "
+            f"path or '*'), got {shorten(origin, 60)}"
+        )
 
 
 def _b64_png(image: Any, level: int) -> str:
@@ -81,9 +131,15 @@ class ExplainService:
         self.explainer = explainer
         self.settings = settings
         self.log = (
-            LowConfidenceLog(settings.log_dir, settings.log_below) if settings.log_below is not None else None
+            LowConfidenceLog(settings.log_dir, settings.log_below, round(settings.log_max_mb * 1e6))
+            if settings.log_below is not None
+            else None
         )
         self.budget = PixelBudget(settings.decode_budget)
+        self.body_budget = Budget(settings.body_budget, what="body budget")
+        self.bodies = BodyReader(
+            settings.max_bytes, self.body_budget, settings.body_wait_s, settings.body_timeout_s
+        )
         self.decoder = ImageDecoder(explainer.preprocess, self.budget)
         self.batcher: MicroBatcher[_Work, tuple[dict[str, Any], Explanation]] = MicroBatcher(
             self.run_batch, settings.max_batch, settings.max_wait_ms
@@ -154,7 +210,8 @@ class ExplainService:
             folder = self.log.maybe_record(raw, result, response)
         except (OSError, OutputError) as exc:  # a full disk must not fail the request itself
             logger.warning("request %s: cannot record a low-confidence request: %s", request_id, exc)
-            response["low_confidence_log_error"] = str(exc)
+            # The exception names server paths; the client only learns that recording failed.
+            response["low_confidence_log_error"] = "the record could not be written; the server log has why"
             return
         if folder is not None:
             response["logged"] = folder.name
@@ -176,9 +233,11 @@ class ExplainService:
                 **self.batcher.stats.as_dict(),
             },
             "decoding": {"max_pixels": explainer.preprocess.max_pixels, **self.budget.as_dict()},
+            "bodies": {"max_bytes": settings.max_bytes, **self.body_budget.as_dict()},
             "low_confidence_logged": self.log.written if self.log is not None else None,
+            "low_confidence_log_full": self.log.full if self.log is not None else None,
             "uptime_s": round(time.time() - self.started, 1),
         }
 
 
-__all__ = ["DEFAULT_MAX_BYTES", "ExplainService", "ServeSettings"]
+__all__ = ["DEFAULT_MAX_BYTES", "ExplainService", "ServeSettings", "check_limits"]

@@ -158,7 +158,9 @@ def test_oversized_body_rejected_from_content_length_and_while_streaming(client)
         for _ in range(50):
             yield b"x" * 10_000
 
-    streamed = client.post("/predict_with_gradcam", content=chunks())
+    streamed = client.post(
+        "/predict_with_gradcam", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert streamed.status_code == 413, streamed.text
     assert streamed.json()["error"] == "request body exceeds the limit of 200,000 bytes"
 

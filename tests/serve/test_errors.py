@@ -118,8 +118,14 @@ def test_an_unwritable_low_confidence_log_does_not_fail_the_request(serve_explai
     caplog.set_level(logging.INFO, logger="lit_explain")
     with TestClient(create_app(serve_explainer, settings)) as client:
         r = client.post("/predict_with_gradcam", json={"image": b64(png_bytes())})
+        others = [client.get("/health"), client.post("/analyze_class", json={"image": b64(png_bytes())})]
     assert r.status_code == 200 and r.json()["gradcam_overlay"] and "logged" not in r.json()
-    assert "afile" in r.json()["low_confidence_log_error"]
+    assert r.json()["low_confidence_log_error"] == "the record could not be written; the server log has why"
+    # The server's paths stay in the server log: no response (body or headers) names the folder.
+    for response in [r, *others]:
+        assert "afile" not in response.text and str(tmp_path) not in response.text
+        assert not any(str(tmp_path) in value for value in response.headers.values())
     warned = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(warned) == 1 and r.headers["X-Request-ID"] in warned[0].getMessage()
+    assert "afile" in warned[0].getMessage()
     assert blocker.read_text() == "not a folder"
