@@ -12,6 +12,12 @@ One set of rules for all outputs (PNG panels, JSON and CSV summaries, exported w
   file, :data:`MARKER`; a report folder's marker lists the files it wrote. ``overwrite`` replaces a
   report folder only when everything in it is listed there, and writes into an output folder only
   when it is new, empty or marked. Anything else is refused with one line, never moved or deleted.
+- **One writer at a time.** A command holds an exclusive ``flock`` on the output's lock file while it
+  writes (:func:`locked_output_dir`: ``.lit_explain-output.lock`` inside a folder commands write into;
+  :class:`AtomicReportDir`: ``.NAME.lit_explain.lock`` beside the report folder, which gets replaced).
+  A second run writing the same output stops at once with :class:`OutputBusyError`. ``flock`` works
+  across PID namespaces (containers) on one host, so a temporary folder counts as abandoned only when
+  its lock is free, never because its PID looks dead. Lock files are removed when their run ends.
 - **One permission rule: the umask.** Files are created ``0o666 & ~umask`` and folders
   ``0o777 & ~umask``, like any file a shell command creates (``tempfile`` would make them private).
 - **One name rule.** :func:`safe_name` turns a class name into a file-name fragment.
@@ -40,15 +46,25 @@ import re
 import secrets
 import shutil
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
 from lit_explain.errors import LitExplainError
 
+try:  # POSIX; without it (Windows) writers are not locked and clean_stale removes nothing
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
+    "LOCK",
     "MARKER",
     "AtomicReportDir",
+    "OutputBusyError",
     "OutputError",
     "OutputExistsError",
     "check_output_dir",
@@ -56,7 +72,9 @@ __all__ = [
     "clean_stale",
     "is_lit_explain_output",
     "json_safe",
+    "locked_output_dir",
     "read_marker",
+    "refuse_symlinks",
     "remove_output_dir",
     "safe_name",
     "write_atomic",
@@ -67,6 +85,11 @@ __all__ = [
 ]
 
 MARKER = ".lit_explain-output"
+LOCK = ".lit_explain-output.lock"  # inside a folder commands write into; see locked_output_dir
+_REPORT_LOCK = ".{name}.lit_explain.lock"  # beside a report folder (the folder itself gets replaced)
+# Bookkeeping that is never the user's: the marker, the lock, and the marker while it is being written
+# (a concurrent run claiming the same new folder must not take that for someone else's file).
+_OURS = re.compile(r"\.lit_explain-output(\.lock)?|\.\.lit_explain-output\.[0-9a-f]{12}\.tmp")
 TOOL = "lit_explain"
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]+$")
 
@@ -80,6 +103,10 @@ class OutputError(LitExplainError):
 
 class OutputExistsError(OutputError, FileExistsError):
     """An output exists already and overwriting was not asked for."""
+
+
+class OutputBusyError(OutputError):
+    """Another lit_explain run (any process on this host) is writing the same output right now."""
 
 
 # ---------------------------------------------------------------------------------------------- names
@@ -351,7 +378,7 @@ def foreign_entries(directory: PathLike) -> list[str]:
     directory = Path(directory)
     marker = read_marker(directory)
     if marker is None:
-        return sorted(p.name for p in directory.iterdir() if p.name != MARKER)
+        return sorted(p.name for p in directory.iterdir() if not _OURS.fullmatch(p.name))
     entries = _tree(directory)
     listed = marker.get("files")
     if listed is None:
@@ -404,7 +431,7 @@ def check_output_dir(path: PathLike, what: str = "--output") -> Path:
     if blocker != path and blocker.exists() and not blocker.is_dir():
         raise OutputError(f"{what} {path}: {blocker} is a file, not a folder")
     if path.is_dir() and read_marker(path) is None:
-        foreign = sorted(p.name for p in path.iterdir())
+        foreign = sorted(p.name for p in path.iterdir() if not _OURS.fullmatch(p.name))
         if foreign:
             raise _not_ours(path, foreign, what)
     return path
@@ -429,29 +456,176 @@ def claim_output_dir(path: PathLike, kind: str, what: str = "--output") -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------------------- locks
+
+# Errors that mean "this file system has no flock" (NFS without lockd, some FUSE mounts), not "busy".
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
+_held = threading.local()  # folders this thread holds the lock of (nested writes inside do not lock again)
+
+
+def _open_lock(path: Path) -> int:
+    flags = os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, os.O_RDWR | flags, 0o666)
+    except PermissionError:
+        # Created by another user (umask 022): a local flock needs only read access.
+        return os.open(path, os.O_RDONLY | flags)
+
+
+def _try_lock(path: Path) -> int | None:
+    """A descriptor holding an exclusive flock on ``path`` (created if missing); None while another holds it.
+
+    A holder unlinks the file before unlocking it (:func:`_unlock`). If that happened between our open
+    and our flock, we would hold a lock on a file nobody else opens any more: check that the locked
+    file is still the one at ``path``, and start again if not.
+    """
+    assert fcntl is not None
+    while True:
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
+                return fd
+        os.close(fd)
+
+
+def _unlock(fd: int, path: Path) -> None:
+    # Unlinked while still locked, and only if it is the file we locked (see _try_lock).
+    with contextlib.suppress(OSError):
+        if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
+            os.unlink(path)
+    os.close(fd)
+
+
+def _acquire(lock: Path, output: Path, what: str) -> int | None:
+    """Lock ``lock`` for writing ``output`` or raise :class:`OutputBusyError`; None where nothing can lock."""
+    if fcntl is None:
+        return None
+    try:
+        fd = _try_lock(lock)
+    except OSError as exc:
+        if exc.errno in _NO_LOCKS:
+            warnings.warn(
+                f"{lock.parent} does not support file locks: a second run writing {output} at the same "
+                "time would not be stopped",
+                stacklevel=3,
+            )
+            return None
+        raise _os_error("lock", lock, exc) from exc
+    if fd is None:
+        # Refused at once rather than waited for: two runs aimed at one output are a mistake, and the
+        # second would only replace the first one's results; the user learns it now, not after a hang.
+        raise OutputBusyError(
+            f"another lit_explain run is writing {output} (lock {lock}); wait for it or choose another {what}"
+        )
+    return fd
+
+
+@contextlib.contextmanager
+def locked_output_dir(path: PathLike, kind: str, what: str = "--output") -> Iterator[Path]:
+    """:func:`claim_output_dir`, then hold the folder's lock (:data:`LOCK` inside it) until the block ends.
+
+    A second run writing the same folder meanwhile (any process on this host, containers included)
+    gets :class:`OutputBusyError` at once. Within the block, the same thread may claim the folder or
+    sub-folders again (one image's results inside a folder run) without locking twice. The lock file
+    is removed on exit; one left by a killed run is taken over by the next.
+
+    Example:
+        >>> with locked_output_dir("explanations", kind="explain") as out:   # doctest: +SKIP
+        ...     write_json(out / "summary.json", {})
+    """
+    path = claim_output_dir(path, kind, what)
+    key = path.resolve()
+    held: set[Path] = _held.__dict__.setdefault("dirs", set())
+    if any(key == h or h in key.parents for h in held):
+        yield path
+        return
+    fd = _acquire(path / LOCK, path, what)
+    held.add(key)
+    try:
+        yield path
+    finally:
+        held.discard(key)
+        if fd is not None:
+            _unlock(fd, path / LOCK)
+
+
+def refuse_symlinks(root: PathLike, paths: Iterable[PathLike], what: str = "--output") -> None:
+    """Raise :class:`OutputError` if a path below ``root`` that is about to be written crosses a symlink.
+
+    ``root`` itself may be a symlink (the user chose it). A link inside it (a result folder or file)
+    may point anywhere: writing through it, or replacing it, would touch what lit_explain does not own,
+    so it is refused; the link and its target are left as they are.
+    """
+    root = Path(root)
+    seen: set[Path] = set()
+    for path in paths:
+        current = root
+        for part in Path(path).relative_to(root).parts:
+            current = current / part
+            if current in seen:
+                continue
+            seen.add(current)
+            if current.is_symlink():
+                raise OutputError(
+                    f"{current} is a symlink (to {os.readlink(current)}) inside {what} {root}; "
+                    f"lit_explain never writes through one: remove the link or choose another {what}"
+                )
+            if not current.exists():
+                break  # nothing below a missing entry exists yet
+
+
 # --------------------------------------------------------------------------------------- report dirs
 
 
-def _pid_alive(pid: int) -> bool:
+@cache
+def _boot_id() -> str | None:
+    # One value per running kernel, shared by its containers: whose flock we see.
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _same_locks(marker: Mapping[str, Any]) -> bool:
+    """Whether the run that wrote ``marker`` took its locks where this process sees them.
+
+    Same host name (also after a reboot), or the same running kernel (a container with its own host
+    name). A temporary folder from another machine on a shared disk is left alone.
+    """
+    host = marker.get("host")
+    return host in (None, socket.gethostname()) or (
+        marker.get("boot") is not None and marker.get("boot") == _boot_id()
+    )
+
+
+def _report_lock(destination: Path) -> Path:
+    return destination.with_name(_REPORT_LOCK.format(name=destination.name))
 
 
 def clean_stale(parent: PathLike) -> list[Path]:
     """Remove the temporary folders that killed lit_explain runs left in ``parent``; returns them.
 
-    Only folders named ``.NAME.tmp-PID-<random hex>`` / ``.NAME.old-PID-<random hex>`` whose PID no longer runs and that
-    hold lit_explain's marker (written on this host) are removed, or that are empty (killed before the
-    marker was written). A ``.old`` folder is the previous
-    report moved aside during a replacement: it is deleted only if ``NAME`` exists again, and moved
-    back to ``NAME`` if the kill came between the two renames.
+    Only folders named ``.NAME.tmp-PID-<random hex>`` / ``.NAME.old-PID-<random hex>`` are candidates, and
+    only while ``NAME``'s lock (``.NAME.lit_explain.lock``) is free: a live run holds it as long as its
+    temporary folder exists, whatever PID namespace it runs in, so the recorded PID decides nothing.
+    Among those, folders holding lit_explain's marker (written on this host or kernel) are removed, and
+    unmarked ones only when empty (killed before the marker was written). A ``.old`` folder is the
+    previous report moved aside during a replacement: it is deleted only if ``NAME`` exists again, and
+    moved back to ``NAME`` if the kill came between the two renames.
     """
-    parent = Path(parent)
+    return _clean_stale(Path(parent), own=None)
+
+
+def _clean_stale(parent: Path, own: str | None) -> list[Path]:
+    """:func:`clean_stale`; ``own`` names a report whose lock the caller holds (its folders are stale)."""
     removed: list[Path] = []
     try:
         entries = list(parent.iterdir())
@@ -461,38 +635,62 @@ def clean_stale(parent: PathLike) -> list[Path]:
         match = _TMP_RE.match(entry.name)
         if not match or entry.is_symlink() or not entry.is_dir():
             continue
-        pid = int(match["pid"])
-        if pid == os.getpid() or _pid_alive(pid):
-            continue
-        marker = read_marker(entry)
-        if marker is None:
-            # Killed between creating the folder and writing its marker: only an empty one is ours for sure.
-            with contextlib.suppress(OSError):
-                entry.rmdir()
+        if match["name"] == own:
+            if _remove_stale(entry, match):
                 removed.append(entry)
             continue
-        if marker.get("host", socket.gethostname()) != socket.gethostname():
-            continue
-        final = parent / match["name"]
-        with contextlib.suppress(OSError):
-            if match["kind"] == "old" and not final.exists() and not final.is_symlink():
-                os.rename(entry, final)  # the interrupted replacement: put the previous report back
-                continue
-            shutil.rmtree(entry)
-            removed.append(entry)
+        if fcntl is None:
+            continue  # no way to tell a live run from a dead one: leave it
+        lock = _report_lock(parent / match["name"])
+        try:
+            fd = _try_lock(lock)
+        except OSError:
+            continue  # cannot lock here: cannot tell, leave it
+        if fd is None:
+            continue  # a live run is writing it
+        try:
+            if _remove_stale(entry, match):
+                removed.append(entry)
+        finally:
+            _unlock(fd, lock)
     return removed
+
+
+def _remove_stale(entry: Path, match: re.Match[str]) -> bool:
+    """Remove (or restore) one abandoned temporary folder, its lock held by the caller; True if removed."""
+    marker = read_marker(entry)
+    if marker is None:
+        # Killed between creating the folder and writing its marker: only an empty one is ours for sure.
+        try:
+            entry.rmdir()
+        except OSError:
+            return False
+        return True
+    if not _same_locks(marker):
+        return False
+    final = entry.parent / match["name"]
+    try:
+        if match["kind"] == "old" and not final.exists() and not final.is_symlink():
+            os.rename(entry, final)  # the interrupted replacement: put the previous report back
+            return False
+        shutil.rmtree(entry)
+    except OSError:
+        return False
+    return True
 
 
 class AtomicReportDir:
     """A report folder that appears whole or not at all, and replaces only an earlier lit_explain report.
 
-    Inside ``with``, files go to ``.NAME.tmp-PID-<random hex>`` next to the destination (created in
-    ``__enter__``, with the umask's permissions, holding a marker with this process's PID);
-    :meth:`commit` writes the marker listing every file, then renames the folder into place. An
-    existing destination is refused unless ``overwrite`` *and* it is an earlier lit_explain report
-    whose files are all its own (:func:`is_lit_explain_output`); a missing or empty one is fine.
-    Leaving ``with`` without :meth:`commit` (an error, Ctrl-C) deletes the temporary folder; a run
-    killed outright leaves it, and the next run's ``__enter__`` removes it (:func:`clean_stale`).
+    Inside ``with``, the report's lock (``.NAME.lit_explain.lock`` beside it) is held, so a second run
+    writing the same report stops at once with :class:`OutputBusyError`; files go to
+    ``.NAME.tmp-PID-<random hex>`` next to the destination (created in ``__enter__``, with the umask's
+    permissions, holding a marker); :meth:`commit` writes the marker listing every file, then renames
+    the folder into place. An existing destination is refused unless ``overwrite`` *and* it is an
+    earlier lit_explain report whose files are all its own (:func:`is_lit_explain_output`); a missing
+    or empty one is fine. Leaving ``with`` without :meth:`commit` (an error, Ctrl-C) deletes the
+    temporary folder; a run killed outright leaves it, and a later run removes it once its lock is free
+    (:func:`clean_stale`). The lock file is removed when the block ends.
 
     Example:
         >>> target = AtomicReportDir("reports/audit", overwrite=True, kind="audit")
@@ -507,6 +705,7 @@ class AtomicReportDir:
         self.kind = kind
         self.path: Path | None = None
         self.committed = False
+        self._lock: int | None = None
 
     def check(self) -> None:
         """Raise unless the destination may be written: missing, empty, or (with overwrite) our report."""
@@ -530,26 +729,46 @@ class AtomicReportDir:
             )
 
     def __enter__(self) -> Path:
-        self.check()
+        self.check()  # the clearest message for a bad destination comes before anything is created
         parent = self.destination.parent
         make_dirs(parent)
-        clean_stale(parent)
+        self._lock = _acquire(_report_lock(self.destination), self.destination, "--output")
+        try:
+            _clean_stale(parent, own=self.destination.name)
+            self.check()  # again, now that no other run can change it
+            self.path = self._make_temp(parent)
+            _write_marker(
+                self.path,
+                kind=self.kind,
+                state="writing",
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                boot=_boot_id(),
+            )
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self.path
+
+    def _make_temp(self, parent: Path) -> Path:
         while True:
             path = parent / f".{self.destination.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
             try:
                 path.mkdir()  # 0o777 & ~umask (tempfile.mkdtemp would make it 0o700)
-                break
+                return path
             except FileExistsError:
                 continue
             except OSError as exc:
                 raise _os_error("write the report", self.destination, exc) from exc
-        self.path = path
-        _write_marker(path, kind=self.kind, state="writing", pid=os.getpid(), host=socket.gethostname())
-        return path
 
     def __exit__(self, *exc_info: object) -> None:
-        if not self.committed and self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            if not self.committed and self.path is not None:
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            if self._lock is not None:
+                lock, self._lock = self._lock, None
+                _unlock(lock, _report_lock(self.destination))
 
     def commit(self) -> Path:
         """Move the finished folder into place (replacing an earlier report when allowed)."""

@@ -10,6 +10,7 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from lit_explain.explain import METHODS
 from lit_explain.inference.explainer import Explainer
 from lit_explain.inference.folder import explain_folder
 from lit_explain.inference.preprocess import DEFAULT_MAX_PIXELS
-from lit_explain.outputs import check_output_dir
+from lit_explain.outputs import check_output_dir, locked_output_dir
 
 SHOWN = 10  # skipped entries printed; summary.csv lists them all
 
@@ -130,6 +131,18 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _lock_early(output: Path, folder: bool) -> contextlib.AbstractContextManager[Any]:
+    """The --output lock, taken before the model loads when the folder exists (a re-run, --overwrite).
+
+    A concurrent run is then refused within a second, not after loading a model. A new folder is
+    locked once it is created, after the model loaded (so a bad checkpoint creates nothing); the
+    writers take the lock themselves and do not take it twice.
+    """
+    if not output.is_dir():
+        return contextlib.nullcontext()
+    return locked_output_dir(output, kind="explain-folder" if folder else "explain")
+
+
 def _print_single(result: Any, output: Path) -> None:
     print(f"{result.source}: {result.prediction} ({result.confidence:.3f})")
     for name, _, prob in result.top_k[: max(1, result.explained_top_k)]:
@@ -150,47 +163,57 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.top_k < 1:
             raise ConfigError(f"--top_k must be >= 1, got {cfg.top_k}")
         output = check_output_dir(cfg.output)  # a bad --output is reported before the model loads
-        explainer = explainer_from_args(cfg, guided=not cfg.no_guided)
-        target = cfg.class_name
-        if target is not None:
-            target = explainer.class_names[explainer.class_index(target)]
-        if cfg.image is not None:
-            result = explainer.explain(cfg.image, target=target, top_k=cfg.top_k)
-            result.save(output, overwrite=cfg.overwrite)
-            _print_single(result, output)
-            return 0
-        report = explain_folder(
-            explainer,
-            cfg.images_dir,
-            output,
-            target=target,
-            top_k=cfg.top_k,
-            overwrite=cfg.overwrite,
-            progress=cfg.progress,
-        )
-        print(f"explained {report.explained} images in {report.seconds:.1f} s; results in {output}")
-        if report.unreadable:
-            print(
-                f"{len(report.unreadable)} unreadable files (listed in {output / 'summary.csv'}):",
-                file=sys.stderr,
-            )
-            for item in report.unreadable:
-                print(f"  {item['file']}: {item['error']}", file=sys.stderr)
-        if report.skipped:
-            print(f"{len(report.skipped)} entries skipped (listed in summary.csv):", file=sys.stderr)
-            for item in report.skipped[:SHOWN]:
-                print(f"  {item['file']}: {item['reason']}", file=sys.stderr)
-            if len(report.skipped) > SHOWN:
-                print(f"  ... and {len(report.skipped) - SHOWN} more", file=sys.stderr)
-        if report.renamed:
-            print(
-                f"{len(report.renamed)} images share an output name with another; their results went to "
-                "suffixed folders:",
-                file=sys.stderr,
-            )
-            for source, folder in report.renamed.items():
-                print(f"  {source} -> {folder}", file=sys.stderr)
-        return 0
+        with _lock_early(output, folder=cfg.images_dir is not None):
+            return _run(cfg, output)
     except LitExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run(cfg: Namespace, output: Path) -> int:
+    """Load the model, explain, write, print; the options are valid and ``output`` is usable."""
+    explainer = explainer_from_args(cfg, guided=not cfg.no_guided)
+    target = cfg.class_name
+    if target is not None:
+        target = explainer.class_names[explainer.class_index(target)]
+    if cfg.image is not None:
+        result = explainer.explain(cfg.image, target=target, top_k=cfg.top_k)
+        result.save(output, overwrite=cfg.overwrite)
+        _print_single(result, output)
+        return 0
+    report = explain_folder(
+        explainer,
+        cfg.images_dir,
+        output,
+        target=target,
+        top_k=cfg.top_k,
+        overwrite=cfg.overwrite,
+        progress=cfg.progress,
+    )
+    _print_folder(report, output)
+    return 0
+
+
+def _print_folder(report: Any, output: Path) -> None:
+    print(f"explained {report.explained} images in {report.seconds:.1f} s; results in {output}")
+    if report.unreadable:
+        print(
+            f"{len(report.unreadable)} unreadable files (listed in {output / 'summary.csv'}):",
+            file=sys.stderr,
+        )
+        for item in report.unreadable:
+            print(f"  {item['file']}: {item['error']}", file=sys.stderr)
+    if report.skipped:
+        print(f"{len(report.skipped)} entries skipped (listed in summary.csv):", file=sys.stderr)
+        for item in report.skipped[:SHOWN]:
+            print(f"  {item['file']}: {item['reason']}", file=sys.stderr)
+        if len(report.skipped) > SHOWN:
+            print(f"  ... and {len(report.skipped) - SHOWN} more", file=sys.stderr)
+    if report.renamed:
+        print(
+            f"{len(report.renamed)} images share an output name with another; their results went to "
+            "suffixed folders:",
+            file=sys.stderr,
+        )
+        for source, folder in report.renamed.items():
+            print(f"  {source} -> {folder}", file=sys.stderr)

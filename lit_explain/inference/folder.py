@@ -6,6 +6,8 @@ extension, hidden, a broken symlink, a FIFO or other special file, a folder name
 symlinked folder, the output folder itself). Output folder names are unique for every input, even when two
 names map to the same folder name (``x.y.jpg`` and ``x_y.jpg``, or ``A.jpg`` and ``a.jpg`` on a
 case-insensitive disk): the first in sorted order keeps the plain name, the next ones get ``_2``, ``_3``...
+The output folder is locked for the whole run (a second run writing it is refused at once), and a symlink
+inside it, where results would go, is refused before any image is explained.
 """
 
 from __future__ import annotations
@@ -22,8 +24,16 @@ from tqdm.auto import tqdm
 from lit_explain.data.images import IMAGE_EXTENSIONS, is_image_file
 from lit_explain.errors import DataError
 from lit_explain.inference.explainer import Explainer, Target
-from lit_explain.inference.outputs import CSV_FIELDS, FOLDER_CSV, FOLDER_JSON, csv_row, save_explanation
-from lit_explain.outputs import claim_output_dir, write_csv, write_json
+from lit_explain.inference.outputs import (
+    CSV_FIELDS,
+    FOLDER_CSV,
+    FOLDER_JSON,
+    PREDICTION_PNG,
+    SUMMARY_JSON,
+    csv_row,
+    save_explanation,
+)
+from lit_explain.outputs import locked_output_dir, refuse_symlinks, write_csv, write_json
 
 NOT_IMAGE = "not an image extension"
 
@@ -153,8 +163,14 @@ def list_files(directory: Path) -> tuple[list[Path], list[Path]]:
     return listing.images, [p for p, _ in listing.skipped]
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
-    claim_output_dir(out, kind="explain-folder")  # a file, or a folder of someone else's files: refused
+def _check_output(out: Path, names: list[Path], overwrite: bool) -> None:
+    """Refuse, before any image is explained, an output that this run may not write as a whole."""
+    # A symlinked result folder or file would send this run's pictures (or their replacement) outside
+    # --output; save_explanation checks each image's own files again.
+    planned = [out / FOLDER_CSV, out / FOLDER_JSON]
+    for name in names:
+        planned += [out / name / PREDICTION_PNG, out / name / SUMMARY_JSON]
+    refuse_symlinks(out, planned)
     if not overwrite:
         for name in (FOLDER_CSV, FOLDER_JSON):
             if (out / name).exists():
@@ -189,12 +205,29 @@ def explain_folder(
         )
     if target is not None:
         explainer.class_index(target)  # an unknown class fails before any work is done
-    _check_output(out, overwrite)
+    # Held until summary.csv is written: a concurrent run writing the same --output is refused at once
+    # (interleaved, two runs would leave one's pictures under the other's summary).
+    with locked_output_dir(out, kind="explain-folder"):
+        return _explain_locked(explainer, root, out, listing, target, top_k, overwrite, progress, start)
+
+
+def _explain_locked(
+    explainer: Explainer,
+    root: Path,
+    out: Path,
+    listing: Listing,
+    target: Target,
+    top_k: int,
+    overwrite: bool,
+    progress: bool,
+    start: float,
+) -> FolderReport:
     report = FolderReport(output=out)
     report.skipped = [{"file": str(p.relative_to(root)), "reason": why} for p, why in listing.skipped]
     rows = [csv_row(s["file"], status="skipped", error=s["reason"]) for s in report.skipped]
     relatives = [p.relative_to(root) for p in listing.images]
     names = output_names(relatives)
+    _check_output(out, list(names.values()), overwrite)
     report.renamed = {
         str(rel): str(names[rel]) for rel in relatives if names[rel].name != rel.name.replace(".", "_")
     }
@@ -240,7 +273,7 @@ def _explain_all(
         if not prepared:
             continue
         for rel, result in zip(done, explainer.explain_prepared(prepared, target, top_k), strict=True):
-            save_explanation(result, out / names[rel], overwrite=overwrite)
+            save_explanation(result, out / names[rel], overwrite=overwrite, root=out)
             rows.append(csv_row(str(rel), result, output_dir=names[rel].as_posix()))
             report.explained += 1
             bar.update(1)

@@ -2,8 +2,10 @@
 
 Every file goes through :mod:`lit_explain.outputs`: written atomically (a hidden temporary file moved into
 place), never replacing an existing file unless ``overwrite=True``, into a folder lit_explain created or
-marked (:func:`lit_explain.outputs.claim_output_dir`), so a crash, a second run or a mistyped ``--output``
-cannot leave half-written results or clobber anything else.
+marked (:func:`lit_explain.outputs.claim_output_dir`) and locked while it is written
+(:func:`lit_explain.outputs.locked_output_dir`), so a crash, a concurrent or second run or a mistyped
+``--output`` cannot leave half-written or mixed results or clobber anything else; a symlink inside the
+output folder is refused, never written through.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from typing import Any
 import torch
 
 # write_json and OutputExistsError are re-exported: the HTTP service and older callers import them from here.
-from lit_explain.outputs import OutputExistsError, claim_output_dir, safe_name, write_json
+from lit_explain.outputs import (
+    OutputExistsError,
+    locked_output_dir,
+    refuse_symlinks,
+    safe_name,
+    write_json,
+)
 from lit_explain.render import panel_grid, save_png
 
 PREDICTION_PNG = "gradcam_prediction.png"
@@ -105,14 +113,26 @@ def planned_files(result: Any, directory: str | Path) -> list[Path]:
     return files
 
 
-def save_explanation(result: Any, directory: str | Path, overwrite: bool = False) -> list[Path]:
+def save_explanation(
+    result: Any, directory: str | Path, overwrite: bool = False, root: str | Path | None = None
+) -> list[Path]:
     """Write one image's explanation into ``directory``.
 
     Files: ``gradcam_prediction.png`` (original | heatmap | overlay | Guided Grad-CAM, captioned),
     ``analysis_summary.json``; with ``top_k > 1`` ``top_predictions/gradcam_top{i}_{name}.png``; with a named
     class ``class_analysis_{name}.json`` and ``gradcam_class_{name}.png``. Returns the written paths.
+
+    ``root`` is the ``--output`` folder ``directory`` lies in (default: ``directory`` itself): a symlink
+    below it, on the way to any of these files, is refused with :class:`~lit_explain.outputs.OutputError`.
+    The folder is locked while it is written (:func:`~lit_explain.outputs.locked_output_dir`).
     """
-    out = claim_output_dir(directory, kind="explain")
+    directory = Path(directory)
+    refuse_symlinks(root if root is not None else directory, [directory, *planned_files(result, directory)])
+    with locked_output_dir(directory, kind="explain") as out:
+        return _write_files(result, out, overwrite)
+
+
+def _write_files(result: Any, out: Path, overwrite: bool) -> list[Path]:
     if not overwrite:
         clash = [p for p in planned_files(result, out) if p.exists()]
         if clash:

@@ -234,17 +234,20 @@ def _fake_temp(parent: Path, name: str, pid: int, marker: bool = True) -> Path:
     return path
 
 
-def test_clean_stale_removes_only_dead_lit_explain_temporaries(tmp_path: Path) -> None:
+def test_clean_stale_removes_only_unlocked_lit_explain_temporaries(tmp_path: Path) -> None:
+    # The PIDs in the names decide nothing any more (see tests/outputs/test_locks.py): no run holds
+    # r's lock here, so every marked or empty temporary folder of r is abandoned, "alive" PID or not.
     dead, alive = _dead_pid(), os.getppid()
     stale = _fake_temp(tmp_path, f".r.tmp-{dead}-abcd", dead)
-    live = _fake_temp(tmp_path, f".r.tmp-{alive}-abcd", alive)
+    reused = _fake_temp(tmp_path, f".r.tmp-{alive}-abcd", alive)  # the PID now belongs to another process
     unmarked = _fake_temp(tmp_path, f".r.tmp-{dead}-beef", dead, marker=False)
     lookalike = _fake_temp(tmp_path, ".r.tmp-xyz", dead)
     empty = tmp_path / f".r.tmp-{dead}-0123"  # killed between mkdir and writing the marker
     empty.mkdir()
-    assert sorted(clean_stale(tmp_path)) == sorted([stale, empty])
-    assert not stale.exists() and not empty.exists()
-    assert live.is_dir() and unmarked.is_dir() and lookalike.is_dir()  # not ours, or not dead
+    assert sorted(clean_stale(tmp_path)) == sorted([stale, reused, empty])
+    assert not stale.exists() and not reused.exists() and not empty.exists()
+    assert unmarked.is_dir() and lookalike.is_dir()  # not ours for sure
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([unmarked.name, lookalike.name])  # no lock
 
 
 def test_clean_stale_restores_a_report_moved_aside(tmp_path: Path) -> None:
