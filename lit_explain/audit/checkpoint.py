@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from lit_explain.audit.run import run_audit
 from lit_explain.data.base import ExplainableDataModule
 from lit_explain.inference.explainer import resolve_device
 from lit_explain.outputs import AtomicReportDir
+
+log = logging.getLogger(__name__)
 
 
 def audit_checkpoint(
@@ -34,7 +37,7 @@ def audit_checkpoint(
         ...                           options=AuditOptions(split="val"))          # doctest: +SKIP
         >>> report["accuracy"], report["path"]                                  # doctest: +SKIP
     """
-    from lit_explain.audit.source import build_datamodule, check_fits, data_spec, load_model
+    from lit_explain.audit.source import build_datamodule, check_fits, data_spec, describe_spec, load_model
 
     options = options or AuditOptions()
     options.validate()
@@ -47,6 +50,8 @@ def audit_checkpoint(
     spec = None
     if datamodule is None:
         spec = data_spec(ckpt_path, data_config, data_overrides)
+        # Said before the data module is built: which file chose the code and data the audit runs.
+        log.info(describe_spec(spec))
         datamodule = build_datamodule(spec)
     check_fits(model, datamodule, ckpt_path)
     extra = {**options.extra, **_provenance(ckpt_path, model, datamodule, spec)}
@@ -67,11 +72,12 @@ def _provenance(
         meta = dict(extra.get("metrics") or {})
         epoch = extra.get("epoch", ckpt.get("epoch"))
     if spec:
-        data = {"class_path": spec["class_path"], "init_args": spec["init_args"], "source": spec["source"]}
+        data = {key: spec[key] for key in ("class_path", "init_args", "source", "origin")}
     else:
         data = {
             "class_path": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
             "source": "given",
+            "origin": "given",
         }
     return {
         "checkpoint": str(ckpt_path),

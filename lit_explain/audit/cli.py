@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from lit_explain.audit.attach import attach_report
+from lit_explain.audit.attach import attach_report, check_attachable
 from lit_explain.audit.checkpoint import audit_checkpoint
-from lit_explain.audit.options import AuditOptions
+from lit_explain.audit.options import AuditOptions, default_output
 from lit_explain.errors import ConfigError, LitExplainError
 from lit_explain.explain import METHODS
 
 EPILOG = """\
-data: taken from the checkpoint's training config (config.yaml in its log dir, or the data-module
-hyperparameters saved in the checkpoint). Override single data settings with --data.NAME VALUE
-(e.g. --data.batch_size 128 --data.num_workers 4; a data module's own settings work the same way,
-such as --data.data_dir DIR for the CIFAR-100 and plant modules) or give a whole
---data_config FILE (YAML with data: {class_path: ..., init_args: {...}}).
+data: taken from the checkpoint's own run (the config.yaml LightningCLI saved in its run folder,
+version_N/ above checkpoints/), else from the data-module hyperparameters saved in the checkpoint itself
+(so a checkpoint copied alone into any folder audits as it is). A config.yaml anywhere else is never
+read; name one with --data_config FILE (YAML with data: {class_path: ..., init_args: {...}}). The audit
+says which it used (a "data:" line, and data.origin in report.json). Override single data settings with
+--data.NAME VALUE (e.g. --data.batch_size 128 --data.num_workers 4; a data module's own settings work
+the same way, such as --data.data_dir DIR for the CIFAR-100 and plant modules).
 
 output: a new folder, written whole or not at all. --overwrite replaces only an earlier audit report
 that holds nothing but its own files; any other existing file or folder is refused, never moved or deleted.
@@ -123,6 +128,27 @@ def split_data_overrides(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     return rest, overrides
 
 
+class _StderrLines(logging.Handler):
+    """Writes each record's message as one line to the current ``sys.stderr`` (looked up per record)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+@contextmanager
+def _info_lines() -> Iterator[None]:
+    """Show the audit's INFO lines (e.g. where its data settings came from) for the command's duration."""
+    audit_log = logging.getLogger("lit_explain.audit")
+    handler, level = _StderrLines(logging.INFO), audit_log.level
+    audit_log.addHandler(handler)
+    audit_log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        audit_log.removeHandler(handler)
+        audit_log.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the audit command; returns the exit code (2 for user errors, printed without a traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -147,15 +173,18 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=cfg.overwrite,
             compare_to=cfg.compare_to,
         )
-        report = audit_checkpoint(
-            cfg.ckpt_path,
-            cfg.output,
-            options,
-            data_config=cfg.data_config,
-            data_overrides=overrides,
-            backbone=cfg.backbone,
-            device=cfg.device,
-        )
+        if cfg.log_to_run:  # refused now rather than after a long audit
+            check_attachable(cfg.output or default_output(cfg.ckpt_path, cfg.split), cfg.ckpt_path)
+        with _info_lines():
+            report = audit_checkpoint(
+                cfg.ckpt_path,
+                cfg.output,
+                options,
+                data_config=cfg.data_config,
+                data_overrides=overrides,
+                backbone=cfg.backbone,
+                device=cfg.device,
+            )
         attached = attach_report(report["path"], cfg.ckpt_path) if cfg.log_to_run else None
     except LitExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -364,9 +364,11 @@ def _attention_summary(
 ) -> dict[str, Any]:
     raw, size = shown.raw_size, shown.image_size
     reference = reference_concentration(raw, size) if raw and size else float("nan")
+    # A 1x1 layer (ResNet-18's layer4 at 32 px) gives constant maps: reference 0, no relative number.
+    relative = overall.get("concentration_pred", float("nan")) / reference if reference else float("nan")
     return {
         "concentration_reference": reference,
-        "concentration_relative": overall.get("concentration_pred", float("nan")) / reference,
+        "concentration_relative": relative,
         "layer_resolution": list(raw or ()),
         "method": audit.options.method,
         "layer": shown.layer,
