@@ -28,9 +28,12 @@ from lit_explain.models.classifier import ImageClassifier
 from lit_explain.runs import (
     BatchTracker,
     RunFolderGuard,
+    check_run_dirs,
     continue_run_folder,
+    keep_last_checkpoint_current,
     logging_step,
     newest_last_checkpoint,
+    write_error,
 )
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -61,7 +64,9 @@ class LitExplainCLI(LightningCLI):
       :class:`SafeCheckpointIO` as well. ``last`` is the newest ``last.ckpt`` in the logger's run folders.
     * ``fit --ckpt_path`` continues the checkpoint's own TensorBoard run folder (no step logged twice).
     * A logger ``save_dir`` left out of the config follows ``trainer.default_root_dir``.
-    * A run that fails before its first batch leaves no run folder behind.
+    * A run that fails before its first batch leaves no run folder behind; a run folder that cannot be
+      written (a file in its way, a read-only parent) is one line before the run starts.
+    * ``ModelCheckpoint(save_last=True)`` next to a monitor keeps ``last.ckpt`` at the latest epoch.
 
     Example:
         >>> LitExplainCLI(args=["fit", "--config", "configs/shapes_demo.yaml", "--trainer.max_epochs=1"])
@@ -144,11 +149,13 @@ class LitExplainCLI(LightningCLI):
             )
         trainer.strategy.checkpoint_io = self.checkpoint_io
         trainer.callbacks.append(self.batch_tracker)
+        keep_last_checkpoint_current(trainer)
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
         resumed = subcommand == "fit" and self._resume is not None
         in_place = resumed and continue_run_folder(self.trainer, *self._resume) is not None
+        check_run_dirs(self.trainer)
         guard = RunFolderGuard(self.trainer, self.batch_tracker)
         try:
             with warnings.catch_warnings():
@@ -157,8 +164,11 @@ class LitExplainCLI(LightningCLI):
                         "ignore", message=r"Checkpoint directory .* exists and is not empty"
                     )
                 super()._run_subcommand(subcommand)
-        except BaseException:
+        except BaseException as exc:
             guard.remove_unused()
+            error = None if self.batch_tracker.ran else write_error(exc, self.trainer)
+            if error is not None:
+                raise error from exc
             raise
 
     def after_fit(self) -> None:

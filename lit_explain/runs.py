@@ -1,5 +1,6 @@
-"""Run folders of fit / validate / test / predict: find the newest ``last.ckpt``, continue a resumed run in
-its own folder, and take away the folder of a run that failed before its first batch.
+"""Run folders of fit / validate / test / predict: find the newest ``last.ckpt``, keep it the latest epoch,
+continue a resumed run in its own folder, refuse a run folder that cannot be written before the run starts,
+and take away the folder of a run that failed before its first batch.
 
 Lightning looks for ``--ckpt_path last`` only in the *new* run's checkpoint folder (always empty with a
 versioned logger), so it silently trains from scratch; :func:`newest_last_checkpoint` searches the run
@@ -9,6 +10,7 @@ holds nothing but the files a logger writes while starting (checked by name, pro
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
@@ -17,13 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lit_explain.outputs import OutputError
 
 # Lightning names a second "last" checkpoint in the same folder last-v1.ckpt.
 LAST_NAME = re.compile(r"^last(-v\d+)?\.ckpt$")
 # Where a last.ckpt sits below a root: a ModelCheckpoint dirpath, a run without logger, a logger's run folder.
 LAST_GLOBS = ("last*.ckpt", "checkpoints/last*.ckpt", "*/checkpoints/last*.ckpt")
+# Errors that say a folder cannot be written to, whatever the run does differently.
+WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC)
+WHERE_TO_WRITE = "set --trainer.default_root_dir (or the logger's save_dir) to a writable folder"
 # Files loggers and the CLI write while a run starts (before any batch), the only ones cleanup may remove.
 STARTUP_FILES = ("hparams.yaml", "config.yaml", "metrics.csv")
 
@@ -83,6 +92,102 @@ def _free_name(folder: Path, stem: str, suffix: str) -> str:
         n += 1
         name = f"{stem}-{n}{suffix}"
     return name
+
+
+def keep_last_checkpoint_current(trainer: L.Trainer) -> list[ModelCheckpoint]:
+    """Make every ``ModelCheckpoint(save_last=True, monitor=...)`` keep ``last.ckpt`` at the latest epoch.
+
+    Lightning 2.6 rewrites such a ``last.ckpt`` only when the monitored value improves, so it can be many
+    epochs old and ``--ckpt_path last`` resumes from there. As in the recipes, a second ModelCheckpoint
+    without a monitor (``filename: last``) now writes it at the same times, and the monitored one keeps
+    only its best checkpoints. Returns the checkpoints added.
+    """
+    added: list[ModelCheckpoint] = []
+    for callback in list(trainer.callbacks):
+        if not isinstance(callback, ModelCheckpoint) or not callback.save_last or callback.monitor is None:
+            continue
+        companion = _latest_companion(callback)
+        present = [c for c in trainer.checkpoint_callbacks if c.state_key == companion.state_key]
+        if present and not _writes_last(present[0], callback):
+            rank_zero_warn(
+                f"ModelCheckpoint(save_last=True, monitor={callback.monitor!r}) rewrites last.ckpt only when "
+                "the monitor improves; use the recipes' pattern: save_last: false, plus a ModelCheckpoint with "
+                "monitor: null, filename: last, enable_version_counter: false"
+            )
+            continue
+        callback.save_last = False  # the companion writes last.ckpt; this one keeps the best epochs
+        if not present:
+            trainer.callbacks.insert(trainer.callbacks.index(callback) + 1, companion)
+            added.append(companion)
+        rank_zero_info(
+            f"ModelCheckpoint(monitor={callback.monitor!r}, save_last=True): last.ckpt is rewritten at every "
+            "checkpoint time, whatever the monitor does (as in the recipes)"
+        )
+    return added
+
+
+def _latest_companion(callback: ModelCheckpoint) -> ModelCheckpoint:
+    """A monitor-less ModelCheckpoint writing ``last.ckpt`` where and when ``callback`` checks."""
+    return ModelCheckpoint(
+        dirpath=callback.dirpath,
+        filename=callback.CHECKPOINT_NAME_LAST,
+        monitor=None,
+        save_top_k=1,
+        save_weights_only=callback.save_weights_only,
+        every_n_train_steps=callback._every_n_train_steps,
+        every_n_epochs=callback._every_n_epochs,
+        train_time_interval=callback._train_time_interval,
+        save_on_train_epoch_end=callback._save_on_train_epoch_end,
+        enable_version_counter=False,  # a resumed run rewrites its own last.ckpt, not last-v1.ckpt
+    )
+
+
+def _writes_last(candidate: ModelCheckpoint, callback: ModelCheckpoint) -> bool:
+    """Whether a monitor-less ``candidate`` already writes ``last.ckpt`` next to ``callback``'s checkpoints."""
+    return candidate.filename == callback.CHECKPOINT_NAME_LAST and candidate.dirpath == callback.dirpath
+
+
+def run_dirs(trainer: L.Trainer) -> list[Path]:
+    """The local folders a run writes into: each logger's run folder and each ModelCheckpoint's ``dirpath``
+    (remote ones, ``s3://...``, are the file system library's to check)."""
+    places = [getattr(logger, "log_dir", None) for logger in trainer.loggers]
+    places += [callback.dirpath for callback in trainer.checkpoint_callbacks]
+    return [Path(str(place)) for place in places if place and "://" not in str(place)]
+
+
+def check_run_dirs(trainer: L.Trainer) -> None:
+    """Refuse, in one line, a run folder that cannot be created: a file in its way or a read-only parent.
+
+    Checked before the run starts, so a bad ``save_dir`` costs no model setup and leaves no folder behind.
+    """
+    for folder in run_dirs(trainer):
+        existing = next((p for p in [folder, *folder.parents] if p.exists()), Path.cwd())
+        if not existing.is_dir():
+            raise OutputError(f"cannot write the run folder {folder}: {existing} is a file; {WHERE_TO_WRITE}")
+        if not _writable(existing):
+            raise OutputError(
+                f"cannot write the run folder {folder}: {existing} is not writable (read-only or no "
+                f"permission); {WHERE_TO_WRITE}"
+            )
+
+
+def _writable(folder: Path) -> bool:
+    # access(2) answers for this process as the kernel would (EROFS for read-only mounts, even for root).
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def write_error(exc: BaseException, trainer: L.Trainer) -> OutputError | None:
+    """A one-line :class:`OutputError` for an OSError writing inside a run folder; None for any other error."""
+    if not isinstance(exc, OSError) or exc.errno not in WRITE_ERRNOS or not exc.filename:
+        return None
+    path = Path(os.fsdecode(exc.filename)).absolute()
+    for folder in run_dirs(trainer):
+        folder_path = folder.absolute()
+        # The run folder itself, a file in it, or a folder on the way to it.
+        if path == folder_path or folder_path in path.parents or path in folder_path.parents:
+            reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
+            return OutputError(f"cannot write the run folder {folder}: {path}: {reason}; {WHERE_TO_WRITE}")
+    return None
 
 
 class BatchTracker(L.Callback):

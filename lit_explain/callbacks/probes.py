@@ -286,7 +286,7 @@ class ProbeHeatmaps(Callback):
         return sample_sources(trainer, self.split, [int(i) for i in ids])
 
     def _check_probes(self, trainer: L.Trainer) -> None:
-        """Probe files that do not exist, or indices outside the split, fail here (at setup)."""
+        """Probe files that do not exist or are no image, or indices outside the split, fail here (at setup)."""
         if self.probes is None:
             return
         if isinstance(self.probes[0], str):
@@ -297,6 +297,8 @@ class ProbeHeatmaps(Callback):
                     f"{' ...' if len(missing) > 5 else ''} (relative paths start at {Path.cwd()}); "
                     "fix `probes` in the callback's init_args"
                 )
+            for path in self.probes:
+                _check_decodes(str(path))
             return
         dm = getattr(trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "dataset"):
@@ -359,6 +361,16 @@ def _check_indices(ids: Sequence[int | str], size: int, split: str) -> None:
             f"ProbeHeatmaps: probe indices {bad} are outside the {split} split (valid: 0..{size - 1}); "
             "fix `probes` in the callback's init_args"
         )
+
+
+def _check_decodes(path: str) -> None:
+    """Decode a probe file now (at reduced scale), so a file that is no image fails before training."""
+    from lit_explain.data.images import ImageDecodeError, load_image
+
+    try:
+        load_image(path, size=PAPER_IMAGE_PX)
+    except ImageDecodeError as exc:
+        raise ConfigError(f"ProbeHeatmaps: {exc}; fix `probes` in the callback's init_args") from exc
 
 
 def _split_dataset(trainer: L.Trainer, split: str) -> Any:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -19,6 +20,15 @@ from lit_explain.models.backbones import (
     normalise_weights,
 )
 from lit_explain.models.explain_layers import default_explain_layers
+from lit_explain.models.schedules import (
+    ContinuedLR,
+    SchedulePlan,
+    build_schedule,
+    is_continuation,
+    planned_steps,
+    schedule_plan,
+    steps_taken,
+)
 from lit_explain.models.timm_backbones import is_timm, timm_size_kwargs
 
 # Hyperparameters that describe the data rather than the model; adopted from the data module in setup().
@@ -49,7 +59,9 @@ class ImageClassifier(L.LightningModule):
             ``{drop_path_rate: 0.1}``, ``{dynamic_img_size: true}``) or ``torchvision.models.get_model``.
         optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``.
         lr, momentum, nesterov, weight_decay: optimizer settings; weight decay skips biases and norm layers.
-        scheduler: ``"cosine"`` (per step, with linear warm-up), ``"onecycle"`` or ``"none"``.
+        scheduler: ``"cosine"`` (per step, with linear warm-up), ``"onecycle"`` or ``"none"``. Resuming with
+            another length (a larger ``max_epochs``) continues it without a jump to the new last step
+            (:class:`~lit_explain.models.schedules.ContinuedLR`).
         warmup_epochs: linear warm-up length for ``"cosine"``.
         label_smoothing: cross-entropy label smoothing.
         mean, std, input_size: normalisation and ``(height, width)``; None takes the data module's.
@@ -101,6 +113,7 @@ class ImageClassifier(L.LightningModule):
             raise ConfigError(f"model.lr must be > 0, got {lr}")
         self.save_hyperparameters()
         self.net: nn.Module | None = None
+        self._resume_schedule_state: dict[str, Any] | None = None
         if num_classes is not None or class_names is not None:
             self._build()
 
@@ -301,27 +314,59 @@ class ImageClassifier(L.LightningModule):
             raise ConfigError(f"model.optimizer={hp.optimizer!r} is not supported; choose sgd or adamw")
         if hp.scheduler == "none":
             return optimizer
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        if hp.scheduler == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total_steps)
-        elif hp.scheduler == "cosine":
-            steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
-            warmup = min(int(hp.warmup_epochs * steps_per_epoch), total_steps - 1)
-            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup))
-            if warmup > 0:
-                ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
-                scheduler = torch.optim.lr_scheduler.SequentialLR(
-                    optimizer, [ramp, cosine], milestones=[warmup]
-                )
-            else:
-                scheduler = cosine
-        else:
+        if hp.scheduler not in ("cosine", "onecycle"):
             raise ConfigError(
                 f"model.scheduler={hp.scheduler!r} is not supported; choose cosine, onecycle or none"
             )
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
+        warmup = (
+            min(int(hp.warmup_epochs * steps_per_epoch), total_steps - 1) if hp.scheduler == "cosine" else 0
+        )
+        scheduler = self._resumed_schedule(optimizer, total_steps, warmup)
+        if scheduler is None:
+            scheduler = build_schedule(optimizer, hp.scheduler, total_steps, warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _resumed_schedule(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup: int) -> Any:
+        """A :class:`ContinuedLR` when resuming a checkpoint whose schedule was built for another length.
+
+        None when not resuming, when the lengths agree, or for a schedule this model did not make (the
+        checkpoint's state is then loaded as Lightning does).
+        """
+        state, self._resume_schedule_state = self._resume_schedule_state, None
+        old_total = planned_steps(state) if state else None
+        if old_total is None:
+            return None
+        plan = schedule_plan(self.hparams.scheduler, total_steps, warmup)
+        if is_continuation(state) and old_total == total_steps:  # resumed again: the same continuation
+            saved = SchedulePlan(old_total, state["peak_step"], state["final_factor"])
+            return ContinuedLR(optimizer, state["start_step"], state["start_factor"], saved)
+        if old_total == total_steps:
+            return None
+        step, last_lrs = steps_taken(state), state.get("_last_lr")
+        if step >= old_total - 1:
+            # The checkpoint's schedule had ended; its last rate (a step past the end) starts a new cycle.
+            start = state.get("final_factor", schedule_plan(self.hparams.scheduler, old_total).final_factor)
+        elif last_lrs:
+            start = float(last_lrs[0]) / self.hparams.lr
+        else:
+            return None  # a schedule state without its rates: not one this model made
+        rank_zero_warn(
+            f"--ckpt_path: the checkpoint's {self.hparams.scheduler} schedule was built for {old_total} steps, "
+            f"this run has {total_steps}; the learning rate continues from {start * self.hparams.lr:.3g} at "
+            f"step {step} to {plan.final_factor * self.hparams.lr:.3g} at the last step, {total_steps} (cosine)"
+        )
+        return ContinuedLR(optimizer, step, start, plan)
+
     # -- checkpoints ------------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming a fit: keep the schedule's state, so configure_optimizers (called next) can continue it
+        # when this run's length differs (a larger --trainer.max_epochs).
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        schedules = checkpoint.get("lr_schedulers") or [None]
+        self._resume_schedule_state = schedules[0] if fitting and len(schedules) == 1 else None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         metrics = {}
         if self._trainer is not None:
