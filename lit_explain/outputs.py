@@ -14,7 +14,8 @@ One set of rules for all outputs (PNG panels, JSON and CSV summaries, exported w
   when it is new, empty or marked. Anything else is refused with one line, never moved or deleted.
 - **One writer at a time.** A command holds an exclusive ``flock`` on the output's lock file while it
   writes (:func:`locked_output_dir`: ``.lit_explain-output.lock`` inside a folder commands write into;
-  :class:`AtomicReportDir`: ``.NAME.lit_explain.lock`` beside the report folder, which gets replaced).
+  :class:`AtomicReportDir`: ``.NAME.lit_explain.lock`` beside the report folder, which gets replaced;
+  :func:`locked_report` takes that one from a command's start).
   A second run writing the same output stops at once with :class:`OutputBusyError`. ``flock`` works
   across PID namespaces (containers) on one host, so a temporary folder counts as abandoned only when
   its lock is free, never because its PID looks dead. Lock files are removed when their run ends.
@@ -73,6 +74,7 @@ __all__ = [
     "is_lit_explain_output",
     "json_safe",
     "locked_output_dir",
+    "locked_report",
     "read_marker",
     "refuse_symlinks",
     "remove_output_dir",
@@ -522,10 +524,14 @@ def _acquire(lock: Path, output: Path, what: str) -> int | None:
     if fd is None:
         # Refused at once rather than waited for: two runs aimed at one output are a mistake, and the
         # second would only replace the first one's results; the user learns it now, not after a hang.
-        raise OutputBusyError(
-            f"another lit_explain run is writing {output} (lock {lock}); wait for it or choose another {what}"
-        )
+        raise _busy(lock, output, what)
     return fd
+
+
+def _busy(lock: Path, output: Path, what: str) -> OutputBusyError:
+    return OutputBusyError(
+        f"another lit_explain run is writing {output} (lock {lock}); wait for it or choose another {what}"
+    )
 
 
 @contextlib.contextmanager
@@ -610,6 +616,66 @@ def _report_lock(destination: Path) -> Path:
     return destination.with_name(_REPORT_LOCK.format(name=destination.name))
 
 
+def _held_reports() -> dict[Path, bool]:
+    """Report locks this thread holds through :func:`locked_report` -> whether an AtomicReportDir uses it."""
+    return _held.__dict__.setdefault("reports", {})
+
+
+def _report_key(destination: Path) -> Path:
+    lock = _report_lock(Path(destination).absolute())
+    return lock.parent.resolve() / lock.name
+
+
+@contextlib.contextmanager
+def locked_report(destination: PathLike, what: str = "--output") -> Iterator[Path]:
+    """Hold a report's lock (``.NAME.lit_explain.lock`` beside it) from now until the block ends.
+
+    For a command that works for long (loading a model, a sweep) before its :class:`AtomicReportDir`
+    writes the report: a second run aimed at the same report (any process on this host) gets
+    :class:`OutputBusyError` at once instead of at the end. Within the block, one
+    :class:`AtomicReportDir` at a time for that destination in this thread uses this lock instead of
+    taking it again; nested ``locked_report`` blocks for it do nothing. Missing parent folders are
+    created (the lock lives there) and removed again on exit if they are still empty, as is the lock
+    file. Yields the destination as an absolute path.
+
+    Example:
+        >>> with locked_report("reports/audit"):                      # doctest: +SKIP
+        ...     model = load_model("best.ckpt")   # a concurrent run is refused before this
+        ...     run_audit(model, datamodule, "reports/audit")
+    """
+    destination = Path(destination).absolute()
+    held = _held_reports()
+    if _report_key(destination) in held:
+        yield destination
+        return
+    created = [p for p in [destination.parent, *destination.parent.parents] if not p.exists()]
+    make_dirs(destination.parent)
+    lock = _report_lock(destination)
+    try:
+        fd = _acquire(lock, destination, what)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    key = _report_key(destination)
+    held[key] = False
+    try:
+        yield destination
+    finally:
+        del held[key]
+        if fd is not None:
+            _unlock(fd, lock)
+        _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders (deepest first) that are still empty; anything else stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def clean_stale(parent: PathLike) -> list[Path]:
     """Remove the temporary folders that killed lit_explain runs left in ``parent``; returns them.
 
@@ -683,7 +749,8 @@ class AtomicReportDir:
     """A report folder that appears whole or not at all, and replaces only an earlier lit_explain report.
 
     Inside ``with``, the report's lock (``.NAME.lit_explain.lock`` beside it) is held, so a second run
-    writing the same report stops at once with :class:`OutputBusyError`; files go to
+    writing the same report stops at once with :class:`OutputBusyError` (a command that works for long
+    before writing takes it earlier with :func:`locked_report`, which this then uses); files go to
     ``.NAME.tmp-PID-<random hex>`` next to the destination (created in ``__enter__``, with the umask's
     permissions, holding a marker); :meth:`commit` writes the marker listing every file, then renames
     the folder into place. An existing destination is refused unless ``overwrite`` *and* it is an
@@ -706,6 +773,7 @@ class AtomicReportDir:
         self.path: Path | None = None
         self.committed = False
         self._lock: int | None = None
+        self._borrowed: Path | None = None  # the locked_report lock this writer uses, if any
 
     def check(self) -> None:
         """Raise unless the destination may be written: missing, empty, or (with overwrite) our report."""
@@ -732,7 +800,7 @@ class AtomicReportDir:
         self.check()  # the clearest message for a bad destination comes before anything is created
         parent = self.destination.parent
         make_dirs(parent)
-        self._lock = _acquire(_report_lock(self.destination), self.destination, "--output")
+        self._take_lock()
         try:
             _clean_stale(parent, own=self.destination.name)
             self.check()  # again, now that no other run can change it
@@ -750,6 +818,16 @@ class AtomicReportDir:
             raise
         return self.path
 
+    def _take_lock(self) -> None:
+        """Take the report's lock, or use the one :func:`locked_report` holds for it in this thread."""
+        held, key = _held_reports(), _report_key(self.destination)
+        if key not in held:
+            self._lock = _acquire(_report_lock(self.destination), self.destination, "--output")
+            return
+        if held[key]:  # another writer of this report inside the same locked_report block
+            raise _busy(_report_lock(self.destination), self.destination, "--output")
+        held[key], self._borrowed = True, key
+
     def _make_temp(self, parent: Path) -> Path:
         while True:
             path = parent / f".{self.destination.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -766,6 +844,10 @@ class AtomicReportDir:
             if not self.committed and self.path is not None:
                 shutil.rmtree(self.path, ignore_errors=True)
         finally:
+            if self._borrowed is not None:
+                key, self._borrowed = self._borrowed, None
+                if key in _held_reports():  # still held: the next writer in that block may use it
+                    _held_reports()[key] = False
             if self._lock is not None:
                 lock, self._lock = self._lock, None
                 _unlock(lock, _report_lock(self.destination))

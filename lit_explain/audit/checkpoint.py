@@ -12,7 +12,7 @@ from lit_explain.audit.options import AuditOptions, default_output
 from lit_explain.audit.run import run_audit
 from lit_explain.data.base import ExplainableDataModule
 from lit_explain.inference.explainer import resolve_device
-from lit_explain.outputs import AtomicReportDir
+from lit_explain.outputs import AtomicReportDir, locked_report
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,22 @@ def audit_checkpoint(
     output = Path(output) if output is not None else default_output(ckpt_path, options.split)
     # Refuse a bad --output before the (long) sweep, not only at the end.
     AtomicReportDir(output, overwrite=options.overwrite, kind="audit").check()
-    # One rule for audit, explain and serve: "auto" (the default) is CUDA when available, else the CPU.
-    device = str(resolve_device(device))
-    model = load_model(ckpt_path, map_location=device, backbone=backbone)
-    spec = None
-    if datamodule is None:
-        spec = data_spec(ckpt_path, data_config, data_overrides)
-        # Said before the data module is built: which file chose the code and data the audit runs.
-        log.info(describe_spec(spec))
-        datamodule = build_datamodule(spec)
-    check_fits(model, datamodule, ckpt_path)
-    extra = {**options.extra, **_provenance(ckpt_path, model, datamodule, spec)}
-    return run_audit(model, datamodule, output, dataclasses.replace(options, extra=extra), device=device)
+    # The report's lock from before the model loads until it is written: a second audit of the same
+    # output is refused at once (run_audit's AtomicReportDir uses this lock; the CLI may hold it already).
+    with locked_report(output):
+        # One rule for audit, explain and serve: "auto" (the default) is CUDA when available, else the CPU.
+        device = str(resolve_device(device))
+        model = load_model(ckpt_path, map_location=device, backbone=backbone)
+        spec = None
+        if datamodule is None:
+            spec = data_spec(ckpt_path, data_config, data_overrides)
+            # Said before the data module is built: which file chose the code and data the audit runs.
+            log.info(describe_spec(spec))
+            datamodule = build_datamodule(spec)
+        check_fits(model, datamodule, ckpt_path)
+        extra = {**options.extra, **_provenance(ckpt_path, model, datamodule, spec)}
+        options = dataclasses.replace(options, extra=extra)
+        return run_audit(model, datamodule, output, options, device=device)
 
 
 def _provenance(

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -16,6 +17,7 @@ from lit_explain.audit.checkpoint import audit_checkpoint
 from lit_explain.audit.options import AuditOptions, default_output
 from lit_explain.errors import ConfigError, LitExplainError
 from lit_explain.explain import METHODS
+from lit_explain.outputs import AtomicReportDir, locked_report
 
 EPILOG = """\
 data: taken from the checkpoint's own run (the config.yaml LightningCLI saved in its run folder,
@@ -173,19 +175,26 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=cfg.overwrite,
             compare_to=cfg.compare_to,
         )
-        if cfg.log_to_run:  # refused now rather than after a long audit
-            check_attachable(cfg.output or default_output(cfg.ckpt_path, cfg.split), cfg.ckpt_path)
-        with _info_lines():
-            report = audit_checkpoint(
-                cfg.ckpt_path,
-                cfg.output,
-                options,
-                data_config=cfg.data_config,
-                data_overrides=overrides,
-                backbone=cfg.backbone,
-                device=cfg.device,
-            )
-        attached = attach_report(report["path"], cfg.ckpt_path) if cfg.log_to_run else None
+        options.validate()
+        output = Path(cfg.output) if cfg.output else default_output(cfg.ckpt_path, cfg.split)
+        # A bad --output is refused first, then the report's lock is taken and held for the whole
+        # command: a second run aimed at the same --output stops within a second, not after this one's
+        # checkpoint, data and sweep (the report writer and audit_checkpoint use the lock held here).
+        AtomicReportDir(output, overwrite=cfg.overwrite, kind="audit").check()
+        with locked_report(output):
+            if cfg.log_to_run:  # refused now rather than after a long audit
+                check_attachable(output, cfg.ckpt_path)
+            with _info_lines():
+                report = audit_checkpoint(
+                    cfg.ckpt_path,
+                    output,
+                    options,
+                    data_config=cfg.data_config,
+                    data_overrides=overrides,
+                    backbone=cfg.backbone,
+                    device=cfg.device,
+                )
+            attached = attach_report(report["path"], cfg.ckpt_path) if cfg.log_to_run else None
     except LitExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
