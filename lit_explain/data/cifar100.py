@@ -1,21 +1,28 @@
-"""CIFAR-100 through torchvision's ``CIFAR100`` class, with samples as dicts and transforms from v2.
+"""CIFAR-100 from the official ``cifar-100-python`` files, with samples as dicts and transforms from v2.
 
 The training set is split (seeded, stratified) into train and val; the official test set is the test split.
 Class names come from the dataset's own ``meta`` file, so they are known as soon as the data is on disk,
 which is before the model's ``setup`` adopts them.
+
+The files are pickles, and ``pickle.load`` runs whatever code a file names. They are therefore read with
+:class:`CifarUnpickler`, which admits only what the format holds (dicts, lists, strings, numbers and numpy
+arrays), whether or not ``verify_checksums`` is on; torchvision's ``CIFAR100`` (plain ``pickle.load``) is
+not used to read them.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torchvision
 from torch.utils.data import Dataset
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 from torchvision.transforms import v2
 
 from lit_explain.data._split import stratified_split
@@ -27,18 +34,97 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 TRAIN_SIZE = 50_000
 Policy = Literal["standard", "trivialaugment", "randaugment"]
+RELEASE = torchvision.datasets.CIFAR100  # the release's URL, file names and md5 sums
+FILES = ("train", "test", "meta")
 
 
-class UnverifiedCIFAR100(torchvision.datasets.CIFAR100):
-    """torchvision's CIFAR100 with the md5 checks off: the files must exist but may differ from the release."""
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The globals a pickled numpy array or scalar names, under numpy 1's and numpy 2's module paths."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    found: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for package in ("numpy.core", "numpy._core"):
+        # _reconstruct: protocols 0-4 (the release's Python 2 files); _frombuffer: protocol 5; scalar: np.int64.
+        found[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        found[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        found[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return found
 
-    train_list: ClassVar[list[list[str | None]]] = [
-        [n, None] for n, _ in torchvision.datasets.CIFAR100.train_list
-    ]
-    test_list: ClassVar[list[list[str | None]]] = [
-        [n, None] for n, _ in torchvision.datasets.CIFAR100.test_list
-    ]
-    meta: ClassVar[dict[str, str | None]] = {**torchvision.datasets.CIFAR100.meta, "md5": None}
+
+# Everything else a pickle may name (os.system, builtins.eval, subprocess.Popen, ...) is refused.
+# _codecs.encode is how Python 3 writes bytes at protocol 2; it only turns a str into bytes.
+SAFE_GLOBALS: dict[tuple[str, str], Any] = {**_numpy_globals(), ("_codecs", "encode"): codecs.encode}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler for the CIFAR-100 python format: dicts, lists, bytes, str, numbers, numpy arrays/dtypes.
+
+    Any other global (a function or class the pickle would call) raises :class:`DataError` naming the file,
+    before anything is called.
+
+    Example:
+        >>> with open("data/cifar-100-python/train", "rb") as f:
+        ...     batch = CifarUnpickler(f, "data/cifar-100-python/train").load()
+    """
+
+    def __init__(self, file: Any, name: str | Path) -> None:
+        # latin1: the release's Python 2 str values (array bytes included) come back byte for byte.
+        super().__init__(file, encoding="latin1")
+        self.name = str(name)
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = SAFE_GLOBALS.get((module, name))
+        if found is None:
+            raise DataError(
+                f"refused to read {self.name}: unpickling it would call {module}.{name}, and a CIFAR-100 file "
+                "holds only dicts, lists, strings, numbers and numpy arrays; it is not a CIFAR-100 file. "
+                "Replace the folder with the official cifar-100-python release"
+            )
+        return found
+
+
+def _text(value: Any) -> Any:
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def read_cifar_pickle(path: Path) -> dict[str, Any]:
+    """One ``cifar-100-python`` file as a dict with str keys, read safely (see :class:`CifarUnpickler`)."""
+    try:
+        with path.open("rb") as handle:
+            content = CifarUnpickler(handle, path).load()
+    except DataError:
+        raise
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # UnpicklingError, EOFError for a truncated file, ValueError, ...
+        raise DataError(
+            f"cannot read {path}: not a CIFAR-100 python pickle (truncated or another format: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+        ) from None
+    if not isinstance(content, dict):
+        raise DataError(f"{path} holds a {type(content).__name__}, not the dict of a CIFAR-100 file")
+    # The release's Python 2 keys load as str; a Python 3 re-save keeps them as bytes.
+    return {_text(key): value for key, value in content.items()}
+
+
+def _batch_arrays(path: Path) -> tuple[np.ndarray, torch.Tensor]:
+    """(uint8 images [N, 32, 32, 3], fine labels [N]) of a ``train`` or ``test`` file."""
+    batch = read_cifar_pickle(path)
+    data, labels = batch.get("data"), batch.get("fine_labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        found = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: 'data' must be a uint8 array [N, 3072] (CIFAR-100's layout), found {found}")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        count = len(labels) if isinstance(labels, (list, np.ndarray)) else "no"
+        raise DataError(f"{path}: {count} fine_labels for {len(data)} images")
+    try:
+        targets = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: fine_labels must be integers") from None
+    # Rows are CHW; the transforms take HWC uint8 images (as torchvision's CIFAR100 stores them).
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), targets
 
 
 class CifarSplit(Dataset):
@@ -79,8 +165,9 @@ class Cifar100DataModule(ExplainableDataModule):
         mixup_alpha, cutmix_alpha: Beta parameters of MixUp / CutMix on training batches (0 = off; with both
             on, one of them is picked per batch). Labels of mixed batches are probabilities ``[B, 100]``.
         mean, std: normalisation; the defaults are the CIFAR-100 training-set statistics.
-        verify_checksums: compare the files against the official release's md5 sums. Turn off only for a
-            deliberate copy in the same layout (a subset, a test fixture).
+        verify_checksums: compare the files against the official release's md5 sums. Off is for a
+            deliberate copy in the same layout (a subset, a test fixture); either way the files are read with
+            :class:`CifarUnpickler`, which never runs code from them.
         batch_size, num_workers, pin_memory: loader settings; ``pin_memory=None`` pins when CUDA is present.
 
     Example:
@@ -136,73 +223,70 @@ class Cifar100DataModule(ExplainableDataModule):
     # -- files --------------------------------------------------------------------------------------
     @property
     def folder(self) -> Path:
-        return self.data_dir / torchvision.datasets.CIFAR100.base_folder
-
-    def _dataset_class(self) -> type[torchvision.datasets.CIFAR100]:
-        return torchvision.datasets.CIFAR100 if self.hparams.verify_checksums else UnverifiedCIFAR100
+        return self.data_dir / RELEASE.base_folder
 
     def prepare_data(self) -> None:
         if not self.hparams.download:
             return
+        present = [f for f in FILES if (self.folder / f).exists()]
+        if len(present) == len(FILES):
+            return
+        if present:
+            # Extracting the archive would overwrite these; they are not ours to replace.
+            raise DataError(
+                f"{self.folder} holds {', '.join(present)} but not "
+                f"{', '.join(f for f in FILES if f not in present)}; "
+                "move the folder away (or complete it) before data.download=true fetches the release"
+            )
         try:
-            self._dataset_class()(str(self.data_dir), train=True, download=True)
+            # The archive's md5 is always checked, so what is extracted is the official release.
+            download_and_extract_archive(RELEASE.url, str(self.data_dir), RELEASE.filename, RELEASE.tgz_md5)
         except Exception as exc:  # URLError offline, a full disk, a corrupt archive
             raise DataError(
                 f"could not download CIFAR-100 into {self.data_dir}: {type(exc).__name__}: {exc}. Without network "
                 f"access, copy cifar-100-python/ (train, test, meta) into {self.data_dir} and set data.download=false"
             ) from exc
 
-    def _explain_missing(self) -> DataError:
-        files = ("train", "test", "meta")
-        missing = [f for f in files if not (self.folder / f).is_file()]
-        if missing:
-            return DataError(
+    def _file(self, name: str) -> Path:
+        """``cifar-100-python/<name>``, checked to exist and, with ``verify_checksums``, to be the release's."""
+        path = self.folder / name
+        if not path.is_file():
+            missing = [f for f in FILES if not (self.folder / f).is_file()]
+            raise DataError(
                 f"CIFAR-100 not found: expected {self.folder}/{{train,test,meta}} (missing: {', '.join(missing)}). "
                 "Set data.download=true, or point data.data_dir at the folder that contains cifar-100-python/"
             )
-        return DataError(
-            f"the CIFAR-100 files in {self.folder} do not match the official release's md5 checksums (corrupt or "
-            "modified). Delete them and download again, or set data.verify_checksums=false if this is a "
-            "deliberate copy in the same layout"
-        )
+        md5 = dict([*RELEASE.train_list, *RELEASE.test_list, ("meta", RELEASE.meta["md5"])])
+        if self.hparams.verify_checksums and not check_integrity(str(path), md5[name]):
+            raise DataError(
+                f"{path} does not match the official CIFAR-100 release's md5 checksum (corrupt or modified); "
+                f"move {self.folder} away and download the release again (data.download=true)"
+            )
+        return path
 
     def _load(self, train: bool) -> tuple[np.ndarray, torch.Tensor]:
         if train not in self._arrays:
-            try:
-                data = self._dataset_class()(str(self.data_dir), train=train, download=False)
-            except RuntimeError as exc:
-                raise self._explain_missing() from exc
-            except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as exc:
-                raise DataError(
-                    f"cannot read CIFAR-100 from {self.folder}: {type(exc).__name__}: {exc}"
-                ) from exc
-            labels = torch.as_tensor(data.targets, dtype=torch.long)
+            path = self._file("train" if train else "test")
             names = self.class_names
+            images, labels = _batch_arrays(path)
             bad = labels[(labels < 0) | (labels >= len(names))]
             if bad.numel():
                 raise DataError(
-                    f"{self.folder / ('train' if train else 'test')} has fine label {int(bad[0])}, outside the "
+                    f"{path} has fine label {int(bad[0])}, outside the "
                     f"{len(names)} classes of its meta file (expected 0..{len(names) - 1})"
                 )
-            self._arrays[train] = (data.data, labels)
+            self._arrays[train] = (images, labels)
         return self._arrays[train]
 
     @property
     def class_names(self) -> list[str]:  # type: ignore[override]
         """The 100 fine label names, read from ``cifar-100-python/meta``."""
         if self._class_names is None:
-            path = self.folder / "meta"
-            if not path.is_file():
-                raise self._explain_missing()
-            try:
-                with path.open("rb") as handle:
-                    meta = pickle.load(handle, encoding="latin1")
-                names = [str(n) for n in meta["fine_label_names"]]
-            except Exception as exc:
-                raise DataError(f"cannot read class names from {path}: {type(exc).__name__}: {exc}") from exc
-            if not names:
+            path = self._file("meta")
+            names = read_cifar_pickle(path).get("fine_label_names")
+            if not isinstance(names, list) or not names:
                 raise DataError(f"{path} lists no fine_label_names")
-            self._class_names = names
+            self._class_names = [str(_text(n)) for n in names]
         return self._class_names
 
     # -- splits -------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from torch import nn
 
 from lit_explain.errors import ConfigError
 from lit_explain.models.timm_backbones import build_timm_backbone, is_timm, timm_head_names
+from lit_explain.models.weights_file import load_weights_path
 
 
 def available_backbones() -> list[str]:
@@ -117,24 +118,9 @@ def apply_cifar_stem(model: nn.Module) -> nn.Module:
 
 
 def load_weights_file(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict saved with ``torch.save`` into ``model`` (``weights_only=True``), with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model.weights_path={str(path)!r} does not exist or is not a file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-torch files
-        raise ConfigError(f"could not read weights file {str(path)!r}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if isinstance(state, dict) and "model_state_dict" in state:
-        state = state["model_state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"weights file {str(path)!r} does not fit backbone {type(model).__name__}: {str(exc)[:800]}"
-        ) from exc
+    """Load a state-dict file into ``model`` without running code; a classifier head of another class count
+    keeps its random init (one line logged), anything else that does not fit is a one-line ConfigError."""
+    load_weights_path(model, path, classifier_head_names(model))
 
 
 def normalise_weights(weights: str | bool | None) -> str | bool | None:
@@ -197,9 +183,9 @@ def build_backbone(
     _check_name(name)
     kwargs = dict(backbone_kwargs or {})
     if weights_path is not None:
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        # Built for the data's classes: a head in the file of another class count stays at random init.
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
         load_weights_file(model, weights_path)
-        replace_head(model, num_classes)
     elif weights is not None:
         weights = "DEFAULT" if weights is True else str(weights)
         weights_enum = torchvision.models.get_model_weights(name)

@@ -1,12 +1,19 @@
-"""Read checkpoints without running code: ``weights_only=True`` for paths, ``file://`` and ``http(s)://`` URLs.
+"""Read checkpoints without running code (``weights_only=True`` for paths, ``file://`` and ``http(s)://``
+URLs) and write them atomically.
 
 Every command reads checkpoints through :func:`read_checkpoint`. Lightning's own loader fetches ``http``
 URLs through ``torch.hub`` with ``weights_only=False`` (and caches them by file name), so the CLI installs
-:class:`SafeCheckpointIO` as the trainer's checkpoint loader for ``fit/validate/test/predict --ckpt_path``.
+:class:`SafeCheckpointIO` as the trainer's checkpoint IO for ``fit/validate/test/predict``.
+
+Lightning's own writer goes through fsspec, which writes a local file under ``$TMPDIR`` and then
+``shutil.move``s it: across file systems that is a copy onto the destination, so a full disk truncates
+``last.ckpt``. :func:`write_checkpoint` writes next to the destination, fsyncs and renames instead.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import pickle
 import re
 import shutil
@@ -22,6 +29,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_explain.errors import LitExplainError
+from lit_explain.outputs import OutputError, write_atomic
 
 DOWNLOAD_TIMEOUT_S = 60.0
 # What Lightning needs to restore a model, and in addition to resume training.
@@ -31,6 +39,10 @@ RESUME_KEYS = ("epoch", "global_step", "loops", "optimizer_states")
 
 class CheckpointError(LitExplainError, ValueError):
     """The file is missing, unreadable, unsafe, or not a checkpoint lit_explain can use."""
+
+
+class CheckpointSaveError(LitExplainError):
+    """A checkpoint could not be written (full disk, no permission); the file it would replace is intact."""
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -49,21 +61,41 @@ def local_path(source: str | Path) -> Path | None:
     return Path(source) if len(parsed.scheme) <= 1 else None
 
 
+# What torch's weights-only unpickler says when a pickle names code (a global, a call, an object build).
+_UNSAFE = re.compile(r"GLOBAL|allowlist|add_safe_globals|reduce|Can only (build|create)", re.IGNORECASE)
+
+
+def _refusal(name: str, reason: str) -> CheckpointError:
+    """One line for a pickle that the weights-only loader refused; never torch's advice to turn it off."""
+    needed = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", reason)
+    what = f"loading it would call {needed.group(1)}" if needed else f"it holds more than tensors ({reason})"
+    return CheckpointError(
+        f"refused to load {name!r} as unsafe: {what}, and lit_explain loads checkpoints with weights_only=True "
+        "(tensors and plain data only, never code). Use a checkpoint written by lit_explain, or re-save "
+        "trusted weights as a plain state dict"
+    )
+
+
+def _unpickler_reason(text: str) -> str:
+    """What torch's weights-only error says about the file, without its paragraphs of advice (one of which
+    is to retry with weights_only=False: never what lit_explain tells anyone)."""
+    body = text.split("Check the documentation of torch.load", 1)[0]
+    if "WeightsUnpickler error:" in body:
+        body = body.split("WeightsUnpickler error:", 1)[1]
+    lines = (line.strip() for line in body.splitlines())
+    kept = [line for line in lines if line and "weights_only" not in line and "Weights only" not in line]
+    return _one_line(" ".join(kept))
+
+
 def _load(file: IO[bytes], name: str, map_location: Any) -> Any:
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        needed = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if needed:
-            raise CheckpointError(
-                f"refused to load {name!r}: loading it would call {needed.group(1)}, and lit_explain loads "
-                "checkpoints with weights_only=True (tensors and plain data only, no code). Use a checkpoint "
-                "written by lit_explain, or re-save trusted weights as a plain state dict"
-            ) from None
-        detail = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
-        reason = detail.group(1) if detail else str(exc)
+        reason = _unpickler_reason(str(exc))
+        if _UNSAFE.search(reason):
+            raise _refusal(name, reason) from None
         raise CheckpointError(
-            f"{name!r} is not a readable PyTorch checkpoint (corrupt or another format: {_one_line(reason)})"
+            f"{name!r} is not a readable PyTorch checkpoint (truncated, corrupt or another format: {reason})"
         ) from None
     except EOFError:
         raise CheckpointError(f"{name!r} is not a readable PyTorch checkpoint (it ends too early)") from None
@@ -151,8 +183,44 @@ def check_lightning_checkpoint(checkpoint: Mapping[str, Any], name: str, resume:
         )
 
 
+def _save_failure(path: Path, existed: bool, exc: OutputError) -> CheckpointSaveError:
+    kept = (
+        "the previous checkpoint is intact"
+        if existed
+        else "no partial file was left (there was no earlier checkpoint at that path)"
+    )
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+        then = "resume with --ckpt_path last" if existed else "run again"
+        return CheckpointSaveError(
+            f"no space left on the device of {path.parent} while saving {path}; {kept}. Free some space and {then}"
+        )
+    return CheckpointSaveError(f"{exc} while saving a checkpoint; {kept}")
+
+
+def write_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically: the old file stays whole until the new one is complete.
+
+    Raises :class:`CheckpointSaveError` (one line) when the disk is full or the folder is not writable.
+
+    Example:
+        >>> write_checkpoint(trainer._checkpoint_connector.dump_checkpoint(), "runs/last.ckpt")
+    """
+    path = Path(path)
+    # Serialised in memory first (as Lightning does): a write error then surfaces as the OSError it is,
+    # not as a RuntimeError from inside torch's zip writer.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    existed = path.is_file()
+    try:
+        return write_atomic(path, lambda handle: handle.write(buffer.getbuffer()), overwrite=True)
+    except OutputError as exc:
+        raise _save_failure(path, existed, exc) from None
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO with every load ``weights_only=True``, from paths and URLs alike.
+    """Lightning's checkpoint IO with every load ``weights_only=True``, from paths and URLs alike, and every
+    local save atomic (:func:`write_checkpoint`).
 
     :meth:`preload` reads and checks a checkpoint early (before a run folder exists); the trainer's later
     load of the same source gets that dict instead of reading the file again.
@@ -172,6 +240,16 @@ class SafeCheckpointIO(TorchCheckpointIO):
         check_lightning_checkpoint(checkpoint, str(source), resume=resume)
         self._preloaded[str(source)] = checkpoint
         return checkpoint
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        target = local_path(str(path))
+        if target is None or storage_options is not None:
+            # Object stores (s3://, gs://) commit a whole object or nothing; Lightning's writer does that.
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        write_checkpoint(checkpoint, target)
 
     def load_checkpoint(
         self,

@@ -25,13 +25,12 @@ import torchvision
 
 from lit_explain.models.checkpoint_io import CheckpointError, read_checkpoint
 from lit_explain.models.classifier import ImageClassifier
+from lit_explain.models.weights_file import describe_mismatch, strip_prefixes, summarise_load_error
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PLAIN_INPUT_SIZE = (224, 224)
 TORCHVISION_PREFIX = "torchvision:"
-# Prefixes a state dict picks up when saved from a wrapper (DataParallel, torch.compile, a LightningModule).
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.", "model.")
 
 
 def is_lightning_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
@@ -76,31 +75,20 @@ def _from_lightning(
     except RuntimeError as exc:
         raise CheckpointError(
             f"the weights in {source!r} do not fit its hyperparameters "
-            f"(backbone {hparams.get('backbone')!r}, {hparams.get('num_classes')} classes): {str(exc)[:800]}"
+            f"(backbone {hparams.get('backbone')!r}, {hparams.get('num_classes')} classes): "
+            f"{summarise_load_error(exc)}"
         ) from exc
     return model.eval()
-
-
-def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    changed = True
-    while changed and state:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                changed = True
-    return state
 
 
 def plain_state_dict(checkpoint: Mapping[str, Any], source: str = "<dict>") -> dict[str, torch.Tensor]:
     """The network's state dict from a plain file: ``model_state_dict``, ``state_dict`` or the dict itself."""
     for key in ("model_state_dict", "state_dict"):
         if isinstance(checkpoint.get(key), Mapping):
-            state = _strip_prefixes(checkpoint[key])
+            state = strip_prefixes(checkpoint[key])
             break
     else:
-        state = _strip_prefixes(checkpoint)
+        state = strip_prefixes(checkpoint)
     if not state:
         keys = ", ".join(sorted(map(str, checkpoint))[:12])
         raise CheckpointError(
@@ -121,29 +109,6 @@ def _head_shape(net: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> tupl
 
 def _first_conv(state: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
     return next((v for v in state.values() if v.ndim == 4), None)
-
-
-def describe_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
-    """A short account of how a state dict differs from what a network expects (keys and shapes)."""
-
-    def listed(keys: list[str]) -> str:
-        return ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
-
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [
-        f"{k} found {list(found[k].shape)} expected {list(expected[k].shape)}"
-        for k in expected
-        if k in found and found[k].shape != expected[k].shape
-    ]
-    parts = []
-    if missing:
-        parts.append(f"missing {listed(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {listed(unexpected)}")
-    if shapes:
-        parts.append(f"shape mismatch: {listed(shapes)}")
-    return "; ".join(parts) or "keys and shapes agree"
 
 
 def _load_net(model: ImageClassifier, state: Mapping[str, torch.Tensor]) -> str | None:

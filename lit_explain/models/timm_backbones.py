@@ -19,9 +19,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_explain.errors import ConfigError
+from lit_explain.models.weights_file import head_note, read_weights, summarise_load_error
 
 TIMM_PREFIX = "timm:"
 # create_model arguments lit_explain sets itself; backbone_kwargs may not override them.
@@ -33,8 +35,6 @@ _RESERVED = {
     "pretrained_cfg_overlay": "model.weights_path",
     "checkpoint_path": "model.weights_path",
 }
-# Prefixes a state dict picks up when saved from a wrapper (DataParallel, torch.compile, ImageClassifier).
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")
 
 
 def _timm() -> Any:
@@ -78,36 +78,9 @@ def _pretrained_cfg(name: str, tag: str) -> Any:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``), wrappers removed.
-
-    Accepts a bare state dict or one under ``state_dict`` / ``model_state_dict`` / ``model`` (Lightning
-    checkpoints, lit_explain's export, timm's training script), with ``module.`` / ``net.`` prefixes stripped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model.weights_path={str(path)!r} does not exist or is not a file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated files, pickles with code, files that are not weights
-        raise ConfigError(f"could not read weights file {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    if not isinstance(state, Mapping):
-        raise ConfigError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    for prefix in _WRAPPER_PREFIXES:
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
-    if not tensors:
-        raise ConfigError(f"weights file {str(path)!r} holds no tensors")
-    return tensors
+    """A state dict from ``.safetensors`` or a ``torch.save`` file, read without running code (an unsafe
+    pickle is refused), wrappers removed; see :func:`lit_explain.models.weights_file.read_weights`."""
+    return read_weights(path)
 
 
 def _head_rows(state: Mapping[str, torch.Tensor], cfg: Any) -> int:
@@ -260,10 +233,13 @@ def build_timm_backbone(
         source = repr(weights_path) if weights_path is not None else f"the {cfg.tag or 'default'} weights"
         raise ConfigError(
             f"{source} do not fit timm model {name} ({in_channels} channels, size {size or 'default'}): "
-            f"{str(exc)[:800]}"
-        ) from exc
+            f"{summarise_load_error(exc)}"
+        ) from None
     if pretrained and file_classes != num_classes:
         net.reset_classifier(num_classes)
+        source = str(weights_path) if weights_path is not None else f"timm {name}.{cfg.tag or 'default'}"
+        changes = [(head, file_classes, num_classes) for head in timm_head_names(net)]
+        rank_zero_info(head_note(source, changes))
     return net
 
 

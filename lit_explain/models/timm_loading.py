@@ -10,6 +10,7 @@ import torch
 from lit_explain.errors import ConfigError
 from lit_explain.models.classifier import ImageClassifier
 from lit_explain.models.timm_backbones import _default_cfg, _head_rows, parse_timm_name
+from lit_explain.models.weights_file import summarise_load_error
 
 
 def timm_classifier_from_state(
@@ -61,6 +62,7 @@ def timm_classifier_from_state(
         model.net.load_state_dict(dict(state))
     except RuntimeError as exc:
         raise ConfigError(
-            f"the weights in {source!r} do not fit timm model {name} with {num_classes} classes: {str(exc)[:800]}"
+            f"the weights in {source!r} do not fit timm model {name} with {num_classes} classes: "
+            f"{summarise_load_error(exc)}"
         ) from exc
     return model.eval()

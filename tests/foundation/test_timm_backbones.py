@@ -135,7 +135,7 @@ def test_weights_file_for_another_architecture_is_refused(
     with pytest.raises(ConfigError, match=r"does not exist"):
         build_backbone(CONVNEXT, 3, weights_path=str(tmp_path / "missing.safetensors"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match=r"could not read weights file"):
+    with pytest.raises(ConfigError, match=r"junk.pth' is not a readable PyTorch checkpoint"):
         build_backbone(CONVNEXT, 3, weights_path=str(tmp_path / "junk.pth"))
 
 
