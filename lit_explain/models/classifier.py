@@ -352,11 +352,18 @@ class ImageClassifier(L.LightningModule):
             start = float(last_lrs[0]) / self.hparams.lr
         else:
             return None  # a schedule state without its rates: not one this model made
-        rank_zero_warn(
+        message = (
             f"--ckpt_path: the checkpoint's {self.hparams.scheduler} schedule was built for {old_total} steps, "
             f"this run has {total_steps}; the learning rate continues from {start * self.hparams.lr:.3g} at "
             f"step {step} to {plan.final_factor * self.hparams.lr:.3g} at the last step, {total_steps} (cosine)"
         )
+        if step >= old_total - 1:
+            # Continuity keeps an ended schedule at its floor; say so, or the extra epochs look broken.
+            message += (
+                ". That schedule had ended, so the extra epochs barely change the weights; to train on with a "
+                "fresh schedule, start a new run from these weights: fit --model.weights_path CHECKPOINT"
+            )
+        rank_zero_warn(message)
         return ContinuedLR(optimizer, step, start, plan)
 
     # -- checkpoints ------------------------------------------------------------------------------
