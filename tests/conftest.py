@@ -1,9 +1,13 @@
-"""Shared fixtures: a tiny trained shapes checkpoint, the real-photo folder, and huge image files made cheaply."""
+"""Shared fixtures: a tiny trained shapes checkpoint, the real-photo folder, chromium, and huge image files made
+cheaply. Under ``CI=true`` a missing precondition of a selected test (chromium, the real photos) stops the run
+with one line instead of skipping, so a green CI run means those tests ran."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
+import shutil
 import struct
 import zlib
 from collections.abc import Callable
@@ -20,6 +24,42 @@ from lit_explain.models import ImageClassifier
 LEAF_SHAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "leaf-shapes"
 if os.environ.get("LIT_EXPLAIN_LEAF_SHAPES"):
     LEAF_SHAPES = Path(os.environ["LIT_EXPLAIN_LEAF_SHAPES"])
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def in_ci() -> bool:
+    """True where the environment says CI (``CI=true``, as GitHub Actions, GitLab and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def find_chromium() -> str | None:
+    """The headless browser the page tests drive (Debian's package is ``chromium``), or None."""
+    return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
+
+
+def missing_preconditions(items: list[pytest.Item]) -> list[str]:
+    """What the selected tests need and this machine lacks, each as what to install or provide."""
+    missing = []
+    if any(item.get_closest_marker("browser") for item in items):
+        if find_chromium() is None:
+            missing.append("chromium for the browser tests (Debian: apt-get install chromium)")
+        if importlib.util.find_spec("playwright") is None:
+            missing.append("the playwright package for the browser tests (make env)")
+    photos = any("leaf_shapes_dir" in getattr(item, "fixturenames", ()) for item in items)
+    if photos and not LEAF_SHAPES.is_dir():
+        missing.append(f"the real leaf photos at {LEAF_SHAPES} (or set LIT_EXPLAIN_LEAF_SHAPES)")
+    return missing
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: only the tests that will run count
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Outside CI these tests skip with their reason; in CI a skip would hide that they never ran.
+    missing = missing_preconditions(items) if in_ci() else []
+    if missing:
+        raise pytest.UsageError(
+            "CI=true and selected tests need what is missing here: " + "; ".join(missing) + " "
+            "(install or provide it, or deselect those tests explicitly)"
+        )
 
 
 def train_shapes_checkpoint(directory: Path, epochs: int = 1, train_size: int = 256, **data_kwargs) -> Path:
@@ -46,8 +86,19 @@ def shapes_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of the headless browser; tests using it skip when there is none (CI stops before, see above)."""
+    path = find_chromium()
+    if path is None:
+        pytest.skip(
+            f"no chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}; Debian: apt-get install chromium)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
 def leaf_shapes_dir() -> Path:
-    """The folder of real leaf photos next to the repository; tests using it skip when it is absent."""
+    """The folder of real leaf photos next to the repository; tests using it skip when it is absent (outside CI)."""
     if not LEAF_SHAPES.is_dir():
         pytest.skip(f"real-photo folder {LEAF_SHAPES} is absent (set LIT_EXPLAIN_LEAF_SHAPES to point at it)")
     return LEAF_SHAPES

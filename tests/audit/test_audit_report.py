@@ -119,11 +119,33 @@ def test_json_schema(report_dir: Path) -> None:
     assert probe["maps"].shape[0] == probe["indices"].shape[0] > 0
 
 
-def test_shapes_report_has_mask_metrics(shapes_report: Path) -> None:
-    att = json.loads((shapes_report / "report.json").read_text())["attention"]
+def test_shapes_report_has_mask_metrics(shapes_report: Path, shapes_checkpoint: Path) -> None:
+    """The mask numbers, recomputed outside the audit over the samples it explained (shown ones and probes)."""
+    from lit_explain.audit.source import build_datamodule, data_spec, load_model
+    from lit_explain.explain import cam, energy_pointing_game, pointing_game
+
+    report = json.loads((shapes_report / "report.json").read_text())
+    att = report["attention"]
     assert att["has_masks"]
-    assert 0.0 <= att["overall"]["energy_in_mask"] <= 1.0
-    assert 0.0 <= att["overall"]["pointing_game"] <= 1.0
+    shown = [s for r in report["per_class"] for s in r["samples"]]
+    shown += [s for p in report["confused_pairs"] for s in p["samples"]]
+    probe = torch.load(shapes_report / "attention_probe.pt", weights_only=True)
+    indices = sorted({s["index"] for s in shown} | set(probe["indices"].tolist()))
+    assert att["explained_samples"] == len(indices)
+    dataset = build_datamodule(data_spec(shapes_checkpoint, None, None)).dataset(report["split"])
+    images = torch.stack([dataset[i]["image"] for i in indices])
+    masks = torch.stack([dataset[i]["mask"] for i in indices])[:, None]  # True on the object
+    net = load_model(shapes_checkpoint).net.eval()
+    with torch.no_grad():
+        preds = net(images).argmax(1)
+    maps = cam(net, images, layer=att["layer"], targets=preds, method=att["method"]).maps
+    overall = att["overall"]
+    assert overall["mask_area"] == pytest.approx(float(masks.float().mean()), abs=1e-5)
+    assert overall["mask_area"] < 0.5  # the shapes are smaller than the background: not the inverted mask
+    assert overall["energy_in_mask"] == pytest.approx(
+        float(energy_pointing_game(maps, masks).mean()), abs=1e-4
+    )
+    assert overall["pointing_game"] == pytest.approx(float(pointing_game(maps, masks).mean()), abs=1e-4)
 
 
 def test_pages_are_self_contained(report_dir: Path) -> None:

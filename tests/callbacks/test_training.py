@@ -155,6 +155,7 @@ def test_logged_pages_are_readable_at_tensorboards_default_card_width(runs: dict
     acc = events(runs["with"][1].logger.log_dir)
     pages = [t for t in acc.Tags()["images"] if t.startswith(("explain/", "val/"))]
     assert "val/confusion_matrix" in pages and "val/per_class_accuracy" in pages
+    assert {"explain/probes/page_0", "explain/worst/page_0"} <= set(pages)  # the heatmaps are checked too
     for tag in pages:
         for entry in acc.Images(tag):
             picture = np.asarray(Image.open(io.BytesIO(entry.encoded_image_string)).convert("RGB"))
