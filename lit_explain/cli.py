@@ -21,12 +21,16 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lit_explain.compat import parse_args_unvalidated
 from lit_explain.data.base import ExplainableDataModule
 from lit_explain.errors import ConfigError, LitExplainError
+from lit_explain.explain_switch import add_explain_argument, apply_explain_switch
 from lit_explain.models.checkpoint_io import CheckpointError, SafeCheckpointIO, local_path
 from lit_explain.models.classifier import ImageClassifier
+from lit_explain.run_names import name_runs
 from lit_explain.runs import (
     BatchTracker,
+    RunConfigCallback,
     RunFolderGuard,
     check_run_dirs,
     continue_run_folder,
@@ -67,6 +71,11 @@ class LitExplainCLI(LightningCLI):
     * A run that fails before its first batch leaves no run folder behind; a run folder that cannot be
       written (a file in its way, a read-only parent) is one line before the run starts.
     * ``ModelCheckpoint(save_last=True)`` next to a monitor keeps ``last.ckpt`` at the latest epoch.
+    * Runs are named after the recipe and the backbone (:mod:`lit_explain.run_names`), and each run's
+      ``config.yaml`` is saved in its own folder, above ``checkpoints/``, for every logger
+      (:class:`RunConfigCallback`), so W&B and MLflow runs can be repeated in one folder.
+    * ``--explain false`` drops the :mod:`lit_explain.callbacks` callbacks; ``--explain.every_n_epochs N``
+      thins them (:mod:`lit_explain.explain_switch`).
 
     Example:
         >>> LitExplainCLI(args=["fit", "--config", "configs/shapes_demo.yaml", "--trainer.max_epochs=1"])
@@ -77,22 +86,36 @@ class LitExplainCLI(LightningCLI):
         kwargs.setdefault("datamodule_class", ExplainableDataModule)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("save_config_callback", RunConfigCallback)
         kwargs.setdefault(
             "parser_kwargs", {"prog": PROG, "description": "lit_explain: train and explain image classifiers"}
         )
         self.checkpoint_io = SafeCheckpointIO()
         self.batch_tracker = BatchTracker()
         self._resume: tuple[Path, int] | None = None
+        self._checkpoint_source: str | None = None  # --ckpt_path, named by errors about the model it built
         super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        add_explain_argument(parser)
+
+    def before_instantiate_classes(self) -> None:
+        # On the parsed config, before anything is built: the saved config.yaml then holds what ran.
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        apply_explain_switch(config.trainer, config.get("explain"))
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if isinstance(args, (dict, Namespace)):
             super().parse_arguments(parser, args)
             return
         # Validated only once a logger save_dir left out of the config has followed default_root_dir.
-        self.config = parser.parse_args(args, _skip_validation=True)
+        self.config = parse_args_unvalidated(parser, args)
         subcommand = self.config.get("subcommand")
         follow_default_root_dir((self.config[subcommand] if subcommand else self.config).trainer)
+        name_runs(
+            self.config[subcommand] if subcommand else self.config, sys.argv[1:] if args is None else args
+        )
         try:
             parser.validate(self.config)
         except (TypeError, KeyError) as exc:
@@ -124,6 +147,7 @@ class LitExplainCLI(LightningCLI):
         if subcommand == "fit" and path is not None:
             self._resume = (path, logging_step(checkpoint))
         self._apply_checkpoint_hparams(subcommand, checkpoint)
+        self._checkpoint_source = str(ckpt_path)
 
     def _apply_checkpoint_hparams(self, subcommand: str, checkpoint: dict[str, Any]) -> None:
         # As LightningCLI does: the model is built with the hyperparameters the checkpoint was trained with.
@@ -148,6 +172,8 @@ class LitExplainCLI(LightningCLI):
                 f"{type(current).__name__} plugin from trainer.plugins"
             )
         trainer.strategy.checkpoint_io = self.checkpoint_io
+        if self._checkpoint_source is not None and hasattr(self.model, "checkpoint_source"):
+            self.model.checkpoint_source = self._checkpoint_source
         trainer.callbacks.append(self.batch_tracker)
         keep_last_checkpoint_current(trainer)
         return trainer
@@ -207,7 +233,9 @@ def checkpoint_roots(trainer: Namespace) -> list[Path]:
     elif isinstance(first, Namespace):
         init_args = first.get("init_args") or Namespace()
         save_dir = Path(init_args.get("save_dir") or root)
-        roots.append(save_dir / str(init_args.name) if init_args.get("name") else save_dir)
+        # W&B keeps its runs' checkpoints under the project (its `name` is the run's display name).
+        key = "project" if str(first.get("class_path", "")).endswith(".WandbLogger") else "name"
+        roots.append(save_dir / str(init_args[key]) if init_args.get(key) else save_dir)
     return roots
 
 

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_explain.compat import checkpoint_schedule, continue_tensorboard_version, tensorboard_version_is_set
 from lit_explain.outputs import OutputError
 
 # Lightning names a second "last" checkpoint in the same folder last-v1.ckpt.
@@ -72,13 +74,16 @@ def continue_run_folder(trainer: L.Trainer, ckpt_path: Path, step: int) -> Path 
     the run folder, or None when the checkpoint is not in a run folder of this logger (a new one is used).
     """
     logger = trainer.logger
-    if not isinstance(logger, TensorBoardLogger) or logger._version is not None or len(trainer.loggers) > 1:
+    if (
+        not isinstance(logger, TensorBoardLogger)
+        or tensorboard_version_is_set(logger)
+        or len(trainer.loggers) > 1
+    ):
         return None  # a version the user chose, or several loggers: keep Lightning's behaviour
     run_dir = ckpt_path.parent.parent
     if ckpt_path.parent.name != "checkpoints" or run_dir.parent.resolve() != Path(logger.root_dir).resolve():
         return None
-    logger._version = run_dir.name
-    logger._kwargs["purge_step"] = step
+    continue_tensorboard_version(logger, run_dir.name, purge_step=step)
     for callback in trainer.callbacks:
         if isinstance(callback, SaveConfigCallback):
             # Keep the interrupted run's config.yaml; the resumed run's config goes next to it.
@@ -134,10 +139,7 @@ def _latest_companion(callback: ModelCheckpoint) -> ModelCheckpoint:
         monitor=None,
         save_top_k=1,
         save_weights_only=callback.save_weights_only,
-        every_n_train_steps=callback._every_n_train_steps,
-        every_n_epochs=callback._every_n_epochs,
-        train_time_interval=callback._train_time_interval,
-        save_on_train_epoch_end=callback._save_on_train_epoch_end,
+        **checkpoint_schedule(callback),
         enable_version_counter=False,  # a resumed run rewrites its own last.ckpt, not last-v1.ckpt
     )
 
@@ -145,6 +147,90 @@ def _latest_companion(callback: ModelCheckpoint) -> ModelCheckpoint:
 def _writes_last(candidate: ModelCheckpoint, callback: ModelCheckpoint) -> bool:
     """Whether a monitor-less ``candidate`` already writes ``last.ckpt`` next to ``callback``'s checkpoints."""
     return candidate.filename == callback.CHECKPOINT_NAME_LAST and candidate.dirpath == callback.dirpath
+
+
+def run_folder(trainer: L.Trainer) -> str:
+    """The folder of this run: where ``ModelCheckpoint`` puts ``checkpoints/`` and ``config.yaml`` goes.
+
+    TensorBoard and CSV: the logger's ``log_dir`` (``<save_dir>/<name>/version_N``). Any other logger
+    (W&B, MLflow): ``<save_dir>/<name>/<version>`` as ``ModelCheckpoint`` builds it, i.e.
+    ``<save_dir>/<project>/<run id>`` for W&B and ``<mlruns>/<experiment id>/<run id>`` for MLflow, not
+    Lightning's ``trainer.log_dir`` (the logger's shared ``save_dir``, where a second run's config.yaml
+    collides with the first). No logger: ``default_root_dir``. Call it on global rank zero only (it may
+    start the tracker's run to learn its id).
+    """
+    if not trainer.loggers:
+        return str(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        return str(logger.log_dir)
+    _ = getattr(logger, "experiment", None)  # W&B knows its run id only once the run has started
+    save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return os.path.join(str(save_dir), str(logger.name), version)
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """LightningCLI's ``config.yaml``, saved into the run's own folder (:func:`run_folder`) for every logger.
+
+    Lightning's :class:`SaveConfigCallback` writes ``trainer.log_dir``, which for W&B and MLflow is the
+    ``save_dir`` all runs share: the second run in a folder stopped in setup, and the audit could not
+    tell a checkpoint's config. Here each run's config sits above its ``checkpoints/``; a file already
+    there (a W&B or MLflow run continued by id) is kept and the new one takes the next free name
+    (``config-2.yaml``). W&B and MLflow runs also get the file itself: an artifact of type ``config``
+    (W&B), the run artifact ``config.yaml`` (MLflow).
+
+    Example:
+        >>> LightningCLI(ImageClassifier, save_config_callback=RunConfigCallback)   # doctest: +SKIP
+    """
+
+    saved: str | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        if self.save_to_log_dir:
+            # Worked out on rank zero (the tracker's run exists there only), then shared with every rank.
+            folder = trainer.strategy.broadcast(run_folder(trainer) if trainer.is_global_zero else None)
+            if trainer.is_global_zero:
+                self.saved = self._write(folder)
+        if trainer.is_global_zero:
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+    def _write(self, folder: str) -> str:
+        fs = get_filesystem(folder)
+        name, n = self.config_filename, 1
+        stem, suffix = os.path.splitext(name)
+        while not self.overwrite and fs.isfile(os.path.join(folder, name)):
+            n += 1
+            name = f"{stem}-{n}{suffix}"
+        fs.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, name)
+        self.parser.save(
+            self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile
+        )
+        return path
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.saved is None or "://" in self.saved:
+            return
+        for logger in trainer.loggers:
+            _log_config_file(logger, self.saved)
+
+
+def _log_config_file(logger: Logger, path: str) -> None:
+    """Hand the run's config.yaml to the tracker itself, so it travels with the run (e.g. after wandb sync)."""
+    if isinstance(logger, MLFlowLogger):
+        logger.experiment.log_artifact(logger.run_id, path)
+    elif isinstance(logger, WandbLogger):
+        import wandb
+
+        run = logger.experiment
+        artifact = wandb.Artifact(f"run-{run.id}-config", type="config")
+        artifact.add_file(path, name="config.yaml")
+        run.log_artifact(artifact)
 
 
 def run_dirs(trainer: L.Trainer) -> list[Path]:

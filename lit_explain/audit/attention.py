@@ -213,6 +213,14 @@ def faithfulness(
     out["score"] = out["insertion_auc"] - out["deletion_auc"]
     out["random_score"] = out["random_insertion_auc"] - out["random_deletion_auc"]
     out["better_than_random"] = out["score"] > out["random_score"]
+    # Paired standard errors (same images, map vs random map), so a rule can tell "better" from noise.
+    n = int(images.shape[0])
+    paired = {
+        "score_se": (insertion - deletion) - (r_insertion - r_deletion),
+        "deletion_se": deletion - r_deletion,
+    }
+    for key, diff in paired.items():
+        out[key] = float(diff.float().std() / n**0.5) if n > 1 else float("nan")
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_explain.audit.options import AuditOptions, default_output
+from lit_explain.audit.progress import trainer_progress
 from lit_explain.audit.run import run_audit
 from lit_explain.data.base import ExplainableDataModule
 from lit_explain.outputs import OutputError, remove_output_dir
@@ -23,40 +25,28 @@ class AttentionAudit(L.Callback):
     continues exactly as it would without it.
 
     Args:
-        split: split of the trainer's data module to audit (``"val"`` or ``"test"``).
-        max_samples: audit only the first ``max_samples`` samples of the split (faster; None = all).
-        method, layer: CAM method and layer (None = the last spatial layer).
+        options: the audit's settings (:class:`~lit_explain.audit.options.AuditOptions`: split, method,
+            layer, max_samples, quality_samples, ...); default: all of the split, no progress bars.
+            ``overwrite`` and ``compare_to`` are set by the callback (it replaces its own report for the
+            same checkpoint and compares with the previous best's).
         compare_to_previous: add a comparison with the previous best checkpoint's report.
         remove_stale: delete the report of a previous best whose checkpoint file is gone (``save_top_k``).
-        quality_samples: probe images for the faithfulness and randomisation checks.
-        progress: show the audit's own progress bars.
 
     Example:
         >>> trainer = L.Trainer(callbacks=[ModelCheckpoint(monitor="val/acc", mode="max"),
-        ...                                AttentionAudit(max_samples=2000)])
+        ...                                AttentionAudit(AuditOptions(max_samples=2000, progress=False))])
         >>> trainer.fit(model, datamodule=ShapesDataModule())   # doctest: +SKIP
     """
 
     def __init__(
         self,
-        split: str = "val",
-        max_samples: int | None = None,
-        method: str = "gradcam",
-        layer: str | None = None,
+        options: AuditOptions | None = None,
         compare_to_previous: bool = True,
         remove_stale: bool = True,
-        quality_samples: int = 32,
-        progress: bool = False,
     ) -> None:
-        self.options = dict(
-            split=split,
-            max_samples=max_samples,
-            method=method,
-            layer=layer,
-            quality_samples=quality_samples,
-            progress=progress,
-        )
-        AuditOptions(**self.options).validate()
+        # Inside training the audit's own progress bars would interleave with Lightning's.
+        self.options = options if options is not None else AuditOptions(progress=False)
+        self.options.validate()  # a bad setting fails when the trainer is built, not at the first best
         self.compare_to_previous = compare_to_previous
         self.remove_stale = remove_stale
         self.last_checkpoint: str | None = None
@@ -98,20 +88,13 @@ class AttentionAudit(L.Callback):
             self.last_checkpoint, self.last_mtime = best, mtime
             return
         previous = self.last_report if self.last_report and Path(self.last_report).is_dir() else None
-        output = default_output(best, self.options["split"])
-        options = AuditOptions(
-            **self.options,
+        output = default_output(best, self.options.split)
+        compare = self.compare_to_previous and previous and previous != str(output)
+        options = dataclasses.replace(
+            self.options,
             overwrite=True,
-            compare_to=previous
-            if self.compare_to_previous and previous and previous != str(output)
-            else None,
-            extra={
-                "checkpoint": best,
-                "checkpoint_epoch": trainer.current_epoch,
-                "checkpoint_metrics": {
-                    k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1
-                },
-            },
+            compare_to=previous if compare else None,
+            extra={**self.options.extra, **_provenance(trainer, best)},
         )
         report = run_audit(pl_module, datamodule, output, options)
         rank_zero_info(f"AttentionAudit: {report['path']} (accuracy {report['accuracy']:.4f})")
@@ -123,3 +106,13 @@ class AttentionAudit(L.Callback):
                 rank_zero_warn(f"AttentionAudit: kept the previous report: {exc}")
         self.last_checkpoint, self.last_mtime, self.last_report = best, mtime, report["path"]
         self.reports.append(report["path"])
+
+
+def _provenance(trainer: L.Trainer, checkpoint: str) -> dict[str, Any]:
+    """Which checkpoint, epoch and metrics the report is about (as the audit command records them)."""
+    return {
+        "checkpoint": checkpoint,
+        "checkpoint_epoch": trainer.current_epoch,
+        "checkpoint_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        "training_progress": trainer_progress(trainer),
+    }

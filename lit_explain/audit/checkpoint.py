@@ -8,8 +8,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+# The module, not its functions: tests replace source.load_model to watch the order of work.
+from lit_explain.audit import source
 from lit_explain.audit.options import AuditOptions, default_output
+from lit_explain.audit.progress import training_progress
 from lit_explain.audit.run import run_audit
+from lit_explain.audit.source import CheckpointFile
 from lit_explain.data.base import ExplainableDataModule
 from lit_explain.inference.explainer import resolve_device
 from lit_explain.outputs import AtomicReportDir, locked_report
@@ -30,15 +34,15 @@ def audit_checkpoint(
 ) -> dict[str, Any]:
     """Audit a checkpoint on the data it was trained on (or ``datamodule`` / ``data_config``).
 
-    ``options`` is not modified (its ``extra`` is copied before the provenance is added).
+    The file is read once (``weights_only=True``); the model, the data settings and the report's
+    provenance all come from that one read. ``options`` is not modified (its ``extra`` is copied before
+    the provenance is added).
 
     Example:
         >>> report = audit_checkpoint("lightning_logs/shapes_demo/version_0/checkpoints/last.ckpt",
         ...                           options=AuditOptions(split="val"))          # doctest: +SKIP
         >>> report["accuracy"], report["path"]                                  # doctest: +SKIP
     """
-    from lit_explain.audit.source import build_datamodule, check_fits, data_spec, describe_spec, load_model
-
     options = options or AuditOptions()
     options.validate()
     output = Path(output) if output is not None else default_output(ckpt_path, options.split)
@@ -49,32 +53,30 @@ def audit_checkpoint(
     with locked_report(output):
         # One rule for audit, explain and serve: "auto" (the default) is CUDA when available, else the CPU.
         device = str(resolve_device(device))
-        model = load_model(ckpt_path, map_location=device, backbone=backbone)
+        ckpt = CheckpointFile.read(ckpt_path, map_location=device)
+        model = source.load_model(ckpt_path, map_location=device, backbone=backbone, checkpoint=ckpt.contents)
         spec = None
         if datamodule is None:
-            spec = data_spec(ckpt_path, data_config, data_overrides)
+            spec = source.data_spec(ckpt_path, data_config, data_overrides, checkpoint=ckpt.contents)
             # Said before the data module is built: which file chose the code and data the audit runs.
-            log.info(describe_spec(spec))
-            datamodule = build_datamodule(spec)
-        check_fits(model, datamodule, ckpt_path)
-        extra = {**options.extra, **_provenance(ckpt_path, model, datamodule, spec)}
+            log.info(source.describe_spec(spec))
+            datamodule = source.build_datamodule(spec)
+        source.check_fits(model, datamodule, ckpt_path)
+        extra = {**options.extra, **_provenance(ckpt, model, datamodule, spec)}
         options = dataclasses.replace(options, extra=extra)
         return run_audit(model, datamodule, output, options, device=device)
 
 
 def _provenance(
-    ckpt_path: str | Path, model: Any, datamodule: ExplainableDataModule, spec: Mapping[str, Any] | None
+    ckpt: CheckpointFile, model: Any, datamodule: ExplainableDataModule, spec: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """Which checkpoint, epoch, metrics, backbone and data the report is about."""
-    from lit_explain.models.loading import read_checkpoint
-
     meta: dict[str, Any] = {}
     epoch = None
-    if str(ckpt_path).endswith(".ckpt"):
-        ckpt = read_checkpoint(ckpt_path)
-        extra = ckpt.get("lit_explain") or {}
+    if ckpt.path.endswith(".ckpt") and ckpt.contents is not None:
+        extra = ckpt.contents.get("lit_explain") or {}
         meta = dict(extra.get("metrics") or {})
-        epoch = extra.get("epoch", ckpt.get("epoch"))
+        epoch = extra.get("epoch", ckpt.contents.get("epoch"))
     if spec:
         data = {key: spec[key] for key in ("class_path", "init_args", "source", "origin")}
     else:
@@ -84,9 +86,10 @@ def _provenance(
             "origin": "given",
         }
     return {
-        "checkpoint": str(ckpt_path),
+        "checkpoint": ckpt.path,
         "checkpoint_epoch": epoch,
         "checkpoint_metrics": meta,
         "backbone": model.hparams.get("backbone"),
         "data": data,
+        "training_progress": training_progress(ckpt.contents or {}, ckpt.path),
     }

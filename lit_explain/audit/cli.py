@@ -12,11 +12,11 @@ from typing import Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from lit_explain.arguments import add_device_argument, add_overwrite_argument
 from lit_explain.audit.attach import attach_report, check_attachable
 from lit_explain.audit.checkpoint import audit_checkpoint
-from lit_explain.audit.options import AuditOptions, default_output
+from lit_explain.audit.options import PARSER_SKIPS, AuditOptions, default_output, options_from_namespace
 from lit_explain.errors import ConfigError, LitExplainError
-from lit_explain.explain import METHODS
 from lit_explain.outputs import AtomicReportDir, locked_report
 
 EPILOG = """\
@@ -38,7 +38,11 @@ example:
 
 
 def build_parser() -> ArgumentParser:
-    """The audit command's argument parser (``--help``, ``--config`` and ``--print_config`` work)."""
+    """The audit command's argument parser (``--help``, ``--config`` and ``--print_config`` work).
+
+    The audit's own settings come from :class:`AuditOptions` (their help is its docstring); the options
+    here say which checkpoint, data, output and device to use.
+    """
     p = ArgumentParser(
         prog="python -m lit_explain audit",
         description="Audit a checkpoint: per-class accuracy, confusions, where it looks when right and wrong, "
@@ -53,18 +57,10 @@ def build_parser() -> ArgumentParser:
         required=True,
         help="checkpoint (.ckpt, or a plain weights file with --backbone)",
     )
-    p.add_argument("--split", type=str, default="val", help="split to audit: val, test or train")
     p.add_argument(
         "--output", type=str | None, default=None, help="report directory (default: next to the checkpoint)"
     )
-    p.add_argument(
-        "--overwrite",
-        type=bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="replace an earlier audit report at --output (bare --overwrite or --overwrite true)",
-    )
+    add_overwrite_argument(p, "an earlier audit report at --output")
     p.add_argument(
         "--log_to_run",
         type=bool,
@@ -74,33 +70,10 @@ def build_parser() -> ArgumentParser:
         help="also attach the report to the checkpoint's run: a W&B artifact, MLflow run artifacts, "
         "or a copy next to the checkpoint for TensorBoard/CSV runs",
     )
-    p.add_argument(
-        "--layer", type=str | None, default=None, help="layer to explain (default: the last spatial layer)"
-    )
-    p.add_argument("--method", type=str, default="gradcam", help=f"CAM method: {', '.join(METHODS)}")
-    p.add_argument(
-        "--classes", type=list[str | int] | None, default=None, help="only these classes (names or ids)"
-    )
-    p.add_argument("--max_samples", type=int | None, default=None, help="audit at most this many samples")
-    p.add_argument("--compare_to", type=str | None, default=None, help="another audit report to compare with")
     p.add_argument("--data_config", type=str | None, default=None, help="YAML file with the data section")
     p.add_argument("--backbone", type=str | None, default=None, help="architecture of a plain weights file")
-    p.add_argument(
-        "--device",
-        type=str | None,
-        default=None,
-        help="auto, cpu, cuda, cuda:1, ... (default: auto = cuda when available, else cpu, as for explain and serve)",
-    )
-    p.add_argument("--batch_size", type=int, default=256, help="inference batch size")
-    p.add_argument("--cam_batch_size", type=int, default=64, help="images per CAM batch")
-    p.add_argument("--num_workers", type=int, default=0, help="data loader workers")
-    p.add_argument(
-        "--quality_samples",
-        type=int,
-        default=32,
-        help="probe images for deletion/insertion and randomisation",
-    )
-    p.add_argument("--progress", type=bool, default=True, help="show progress bars")
+    add_device_argument(p)
+    p.add_class_arguments(AuditOptions, nested_key=None, skip=set(PARSER_SKIPS), fail_untyped=True)
     return p
 
 
@@ -161,20 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = parser.parse_args(rest)
         except Exception as exc:  # jsonargparse's ArgumentError: a bad or missing option
             raise ConfigError(f"{exc}\n(see python -m lit_explain audit --help)") from None
-        options = AuditOptions(
-            split=cfg.split,
-            layer=cfg.layer,
-            method=cfg.method,
-            classes=cfg.classes,
-            max_samples=cfg.max_samples,
-            batch_size=cfg.batch_size,
-            cam_batch_size=cfg.cam_batch_size,
-            num_workers=cfg.num_workers,
-            quality_samples=cfg.quality_samples,
-            progress=cfg.progress,
-            overwrite=cfg.overwrite,
-            compare_to=cfg.compare_to,
-        )
+        options = options_from_namespace(cfg)
         options.validate()
         output = Path(cfg.output) if cfg.output else default_output(cfg.ckpt_path, cfg.split)
         # A bad --output is refused first, then the report's lock is taken and held for the whole

@@ -46,10 +46,10 @@ from lit_explain.audit.writing import write_mean_map, write_probe, write_report_
 from lit_explain.data.base import ExplainableDataModule
 from lit_explain.data.batch import batch_masks, split_batch
 from lit_explain.errors import ConfigError
-from lit_explain.explain import cam
+from lit_explain.explain import cam, is_rollout_method, resolve_layer
 from lit_explain.outputs import AtomicReportDir, safe_name, write_json
 
-__all__ = ["AuditOptions", "audit_checkpoint", "default_output", "resolve_classes", "run_audit"]
+__all__ = ["AuditOptions", "check_layer", "default_output", "resolve_classes", "run_audit"]
 
 Group = tuple[
     str, Any, list[int]
@@ -132,6 +132,7 @@ def run_audit(
     options = options or AuditOptions()
     options.validate()
     net = getattr(model, "net", None) or model
+    check_layer(net, options)  # a wrong --layer fails now, with the valid names, not after the sweep
     names = list(class_names or getattr(model, "class_names", None) or datamodule.class_names)
     if head is None and hasattr(model, "head_name"):
         head = model.head_name
@@ -155,6 +156,15 @@ def run_audit(
         final = target.commit()
     report["path"] = str(final)
     return report
+
+
+def check_layer(net: nn.Module, options: AuditOptions) -> None:
+    """Raise :class:`~lit_explain.explain.layers.LayerNotFoundError` (listing the candidates) for a bad layer.
+
+    Rollout methods explain through every attention block and take no layer; None is chosen per batch.
+    """
+    if options.layer is not None and not is_rollout_method(options.method):
+        resolve_layer(net, options.layer)
 
 
 def training_settings(model: nn.Module, datamodule: ExplainableDataModule) -> dict[str, Any]:
@@ -440,10 +450,3 @@ def _report(
     }
     report["recommendations"] = recommendations.recommend(report)
     return report
-
-
-def audit_checkpoint(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """See :func:`lit_explain.audit.checkpoint.audit_checkpoint` (kept importable from here)."""
-    from lit_explain.audit.checkpoint import audit_checkpoint as _audit_checkpoint
-
-    return _audit_checkpoint(*args, **kwargs)

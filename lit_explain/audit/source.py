@@ -6,6 +6,7 @@ import importlib
 import inspect
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,39 @@ import yaml
 from lit_explain.data.base import ExplainableDataModule
 from lit_explain.errors import DataError
 from lit_explain.models.classifier import ImageClassifier
-from lit_explain.models.loading import CheckpointError, read_checkpoint
+from lit_explain.models.loading import TORCHVISION_PREFIX, CheckpointError, load_classifier, read_checkpoint
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint read once per command; the model, the data spec and the provenance all use it.
+
+    ``contents`` is what ``torch.load(weights_only=True)`` gave, or None for ``torchvision:NAME`` (no file:
+    the weights come from torchvision's cache when the model is built).
+
+    Example:
+        >>> ckpt = CheckpointFile.read("best.ckpt")                   # doctest: +SKIP
+        >>> model = load_model(ckpt.path, checkpoint=ckpt.contents)    # doctest: +SKIP
+    """
+
+    path: str
+    contents: Mapping[str, Any] | None
+
+    @classmethod
+    def read(cls, path: str | Path, map_location: str = "cpu") -> CheckpointFile:
+        if str(path).startswith(TORCHVISION_PREFIX):
+            return cls(str(path), None)
+        return cls(str(path), read_checkpoint(path, map_location))
 
 
 def load_model(
-    ckpt_path: str | Path, map_location: str = "cpu", backbone: str | None = None
+    ckpt_path: str | Path,
+    map_location: str = "cpu",
+    backbone: str | None = None,
+    checkpoint: Mapping[str, Any] | None = None,
 ) -> ImageClassifier:
-    """The classifier of a checkpoint (``weights_only=True``), in eval mode."""
-    try:
-        from lit_explain.models.loading import load_classifier
-    except ImportError:  # older checkout without the plain-file loader
-        from lit_explain.models.loading import classifier_from_checkpoint
-
-        return classifier_from_checkpoint(ckpt_path, map_location=map_location)
-    return load_classifier(ckpt_path, backbone=backbone, map_location=map_location)
+    """The classifier of a checkpoint (``weights_only=True``), in eval mode; ``checkpoint``: read already."""
+    return load_classifier(ckpt_path, backbone=backbone, map_location=map_location, checkpoint=checkpoint)
 
 
 # The folder Lightning's ModelCheckpoint saves to inside a run folder: ``<run folder>/checkpoints/``.
@@ -54,8 +74,10 @@ def run_config_path(ckpt_path: str | Path) -> Path | None:
     the run folder itself: ``<save_dir>/<name>/version_N/`` with the TensorBoard and CSV loggers,
     ``default_root_dir`` without a logger. Only that file belongs to the checkpoint. A ``config.yaml``
     anywhere else (next to a copied checkpoint, a folder above it) is never read: whoever can write there
-    would choose the code and the data the audit runs. W&B and MLflow runs keep checkpoints in a folder
-    of their own but LightningCLI's config in the shared ``save_dir``; that one is not read either.
+    would choose the code and the data the audit runs. W&B and MLflow runs have that folder too
+    (``<save_dir>/<project>/<run id>/``, ``<mlruns>/<experiment id>/<run id>/``): lit_explain's CLI saves
+    each run's config.yaml there (:class:`lit_explain.runs.RunConfigCallback`), never in the shared
+    ``save_dir``, where it would not belong to any one checkpoint and is not read.
 
     Example:
         >>> run_config_path("lightning_logs/shapes_demo/version_0/checkpoints/last.ckpt").name
@@ -173,14 +195,18 @@ def _not_found(ckpt_path: Path, run_config: Path | None) -> DataError:
 
 
 def data_spec(
-    ckpt_path: str | Path, data_config: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+    ckpt_path: str | Path,
+    data_config: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    checkpoint: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``{"class_path", "init_args", "source", "origin"}`` of the data module to audit on.
 
     Taken from ``data_config`` when given (``origin`` ``"data_config"``), else from the ``config.yaml`` of
     the checkpoint's own run folder (``"run_config"``, see :func:`run_config_path`), else from the
     data-module hyperparameters saved in the checkpoint (``"checkpoint"``). ``overrides``
-    (``{"data_dir": ...}``) replace single init arguments.
+    (``{"data_dir": ...}``) replace single init arguments. ``checkpoint``: the file's contents when the
+    caller has read it already (else it is read here, if needed).
 
     Example:
         >>> spec = data_spec("shared/best.ckpt")                              # doctest: +SKIP
@@ -205,7 +231,9 @@ def data_spec(
                 "origin": ORIGIN_RUN_CONFIG,
             }
     if spec is None:
-        found = _from_checkpoint_hparams(read_checkpoint(ckpt_path), ckpt_path)
+        if checkpoint is None:
+            checkpoint = read_checkpoint(ckpt_path)
+        found = _from_checkpoint_hparams(checkpoint, ckpt_path)
         if found is None:
             raise _not_found(ckpt_path, run_config)
         spec = {**found, "source": str(ckpt_path), "origin": ORIGIN_CHECKPOINT}

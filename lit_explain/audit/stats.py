@@ -5,6 +5,7 @@ Pure tensor maths on the CPU (no files, no model): each function here is checked
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,39 @@ HIGH_CONFIDENCE = 0.9
 def mean(values: Tensor) -> float:
     """The mean as a float; NaN for an empty tensor."""
     return float(values.float().mean()) if values.numel() else float("nan")
+
+
+def standard_error(values: Tensor) -> float:
+    """The standard error of the mean of ``values`` (sample std / sqrt(n)); NaN for fewer than 2 values."""
+    n = values.numel()
+    return float(values.float().std() / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` samples (normal approximation); NaN for n < 1.
+
+    Example:
+        >>> round(binomial_se(0.5, 100), 3)
+        0.05
+    """
+    return math.sqrt(p * (1.0 - p) / n) if n >= 1 else float("nan")
+
+
+def chance_accuracy(supports: Sequence[int], num_classes: int) -> tuple[float, int | None]:
+    """What a model that learned nothing scores: the larger of 1/num_classes (uniform guessing) and the share
+    of the most frequent class (always predicting it), and that class's position (None when 1/num_classes).
+
+    Example:
+        >>> chance_accuracy([30, 10, 10, 10], 4)    # always answering class 0 is right half the time
+        (0.5, 0)
+    """
+    total = sum(supports)
+    uniform = 1.0 / num_classes if num_classes else float("nan")
+    if not total:
+        return uniform, None
+    top = max(range(len(supports)), key=lambda i: supports[i])
+    majority = supports[top] / total
+    return (majority, top) if majority > uniform else (uniform, None)
 
 
 def ece(confidence: Tensor, correct: Tensor, bins: int = ECE_BINS) -> float:
@@ -80,6 +114,8 @@ def calibration(result: SweepResult) -> dict[str, Any]:
     total = max(1, len(result))
     gap = mean(confidence) - result.accuracy
     return {
+        # The gap's own noise: the standard error of the mean of (confidence - correct) over the samples.
+        "gap_se": standard_error(confidence.float() - correct.float()),
         "ece": ece(confidence, correct),
         "accuracy": result.accuracy,
         "mean_confidence": mean(confidence),

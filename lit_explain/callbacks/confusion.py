@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lit_explain.callbacks import _logging as tb
 from lit_explain.callbacks._panels import page_tags
+from lit_explain.compat import attached_trainer, callback_state_key
 from lit_explain.errors import ConfigError
 from lit_explain.render import (
     confused_pairs_table,
@@ -87,7 +88,7 @@ class ConfusionMatrix(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(normalize=self.normalize, worst_k=self.worst_k)
+        return callback_state_key(self, normalize=self.normalize, worst_k=self.worst_k)
 
     # -- collection --------------------------------------------------------------------------------
     def _start(self, pl_module: L.LightningModule) -> None:
@@ -206,7 +207,7 @@ class ConfusionMatrix(Callback):
 def _num_classes(pl_module: L.LightningModule) -> int:
     hp = getattr(pl_module, "hparams", {})
     n = hp.get("num_classes") or (len(hp["class_names"]) if hp.get("class_names") else None)
-    dm = getattr(getattr(pl_module, "_trainer", None), "datamodule", None)
+    dm = getattr(attached_trainer(pl_module), "datamodule", None)
     if n is None and dm is not None and hasattr(dm, "num_classes"):
         n = dm.num_classes
     if not n:

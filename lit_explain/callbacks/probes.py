@@ -26,6 +26,7 @@ from lit_explain.callbacks._panels import (
     render_pages,
     sample_sources,
 )
+from lit_explain.compat import callback_state_key
 from lit_explain.data.batch import split_batch
 from lit_explain.errors import ConfigError
 from lit_explain.explain.metrics import drift, energy_pointing_game, pointing_game
@@ -148,7 +149,7 @@ class ProbeHeatmaps(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(split=self.split, layer=self.layer, method=self.method)
+        return callback_state_key(self, split=self.split, layer=self.layer, method=self.method)
 
     # -- hooks -------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -24,6 +24,7 @@ from lit_explain.callbacks._panels import (
     render_pages,
     sample_sources,
 )
+from lit_explain.compat import callback_state_key
 from lit_explain.data.batch import batch_indices, split_batch
 from lit_explain.errors import ConfigError
 from lit_explain.render import overlay
@@ -134,6 +135,8 @@ class WorstSamples(Callback):
         alpha: heatmap opacity in the overlays.
         cmap: matplotlib colormap of the heatmaps.
         min_cell: the short side of each grid cell in pixels.
+        every_n_epochs: collect and explain in every n-th training epoch's validation only (always in
+            validate/test); ``--explain.every_n_epochs N`` on the command line sets it.
 
     Example (YAML, under ``trainer.callbacks``)::
 
@@ -153,10 +156,13 @@ class WorstSamples(Callback):
         alpha: float = 0.5,
         cmap: str = "jet",
         min_cell: int = 128,
+        every_n_epochs: int = 1,
     ) -> None:
         super().__init__()
         if k < 1:
             raise ConfigError(f"WorstSamples: k must be >= 1, got {k}")
+        if every_n_epochs < 1:
+            raise ConfigError(f"WorstSamples: every_n_epochs must be >= 1, got {every_n_epochs}")
         modes = list(modes) if modes is not None else ["loss"]
         unknown = [m for m in modes if m not in MODES]
         if unknown or not modes:
@@ -170,12 +176,13 @@ class WorstSamples(Callback):
         self.alpha = alpha
         self.cmap = cmap
         self.min_cell = min_cell
+        self.every_n_epochs = every_n_epochs
         self._top: dict[str, TopK] = {}
         self.last_winners: dict[str, dict[str, Tensor]] = {}
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(k=self.k, modes=tuple(self.modes))
+        return callback_state_key(self, k=self.k, modes=tuple(self.modes))
 
     # -- collection --------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -198,7 +205,7 @@ class WorstSamples(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not trainer.sanity_checking:
+        if not self._skips(trainer):
             self._collect(trainer, outputs, batch, batch_idx)
 
     def on_test_batch_end(
@@ -246,8 +253,13 @@ class WorstSamples(Callback):
             self._top[mode] = current.merge(new)
 
     # -- epoch end ---------------------------------------------------------------------------------
+    def _skips(self, trainer: L.Trainer) -> bool:
+        """True in the sanity check and, while fitting, in epochs between every ``every_n_epochs``-th."""
+        fitting = trainer.state.fn == "fit"
+        return trainer.sanity_checking or (fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0)
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not self._skips(trainer):
             self._gather_explain_log(trainer, pl_module)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -13,6 +14,35 @@ from torch.utils.data import DataLoader, Dataset
 from lit_explain.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+
+Workers = int | Literal["auto"]
+"""``data.num_workers``: a count, or ``"auto"`` (see :func:`resolve_workers`)."""
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else all cores)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity mask
+        return os.cpu_count() or 1
+
+
+def resolve_workers(num_workers: Workers, wanted: int, cores: int | None = None) -> int:
+    """Loader worker processes for ``num_workers``; ``"auto"`` is ``min(wanted, cores - 1)``.
+
+    One core is left to the training process itself, which also decodes when no worker does: on a
+    2-core machine ``auto`` is 1 worker, on 1 core 0 (loading in the main process).
+
+    Example:
+        >>> resolve_workers("auto", wanted=8, cores=2), resolve_workers("auto", 4, cores=16), resolve_workers(3, 8)
+        (1, 4, 3)
+    """
+    if num_workers == "auto":
+        cores = usable_cores() if cores is None else cores
+        return max(0, min(wanted, cores - 1))
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"data.num_workers must be an integer >= 0 or auto, got {num_workers!r}")
+    return num_workers
 
 
 class ExplainableDataModule(L.LightningDataModule, metaclass=ABCMeta):
@@ -34,15 +64,17 @@ class ExplainableDataModule(L.LightningDataModule, metaclass=ABCMeta):
     input_size: tuple[int, int]
     in_channels: int = 3
     has_masks: bool = False
+    # What ``num_workers: auto`` asks for on a machine with cores to spare (decoding cost per image).
+    auto_workers: int = 4
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool | None = False) -> None:
+    def __init__(
+        self, batch_size: int = 64, num_workers: Workers = 0, pin_memory: bool | None = False
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = resolve_workers(num_workers, self.auto_workers)
         # None: pin host memory exactly when a GPU will receive the batches.
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self._datasets: dict[str, Dataset] = {}

@@ -13,7 +13,6 @@ not used to read them.
 from __future__ import annotations
 
 import codecs
-import os
 import pickle
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +25,7 @@ from torchvision.datasets.utils import check_integrity, download_and_extract_arc
 from torchvision.transforms import v2
 
 from lit_explain.data._split import stratified_split
-from lit_explain.data.base import ExplainableDataModule
+from lit_explain.data.base import ExplainableDataModule, Workers
 from lit_explain.errors import ConfigError, DataError
 
 # Per-channel mean and std of the 50,000 CIFAR-100 training images (pixel values scaled to [0, 1]).
@@ -168,7 +167,8 @@ class Cifar100DataModule(ExplainableDataModule):
         verify_checksums: compare the files against the official release's md5 sums. Off is for a
             deliberate copy in the same layout (a subset, a test fixture); either way the files are read with
             :class:`CifarUnpickler`, which never runs code from them.
-        batch_size, num_workers, pin_memory: loader settings; ``pin_memory=None`` pins when CUDA is present.
+        batch_size, num_workers, pin_memory: loader settings; ``num_workers="auto"`` is min(8, usable cores - 1)
+            (:func:`~lit_explain.data.base.resolve_workers`); ``pin_memory=None`` pins when CUDA is present.
 
     Example:
         >>> dm = Cifar100DataModule(data_dir="data", download=True)
@@ -176,6 +176,9 @@ class Cifar100DataModule(ExplainableDataModule):
         >>> dm.class_names[:3], len(dm.dataset("train")), len(dm.dataset("val"))
         (['apple', 'aquarium_fish', 'baby'], 45000, 5000)
     """
+
+    # Augmenting 32x32 images costs little per image but there are many per second on a GPU.
+    auto_workers = 8
 
     def __init__(
         self,
@@ -191,7 +194,7 @@ class Cifar100DataModule(ExplainableDataModule):
         std: tuple[float, float, float] = CIFAR100_STD,
         verify_checksums: bool = True,
         batch_size: int = 128,
-        num_workers: int = min(4, os.cpu_count() or 1),
+        num_workers: Workers = "auto",
         pin_memory: bool | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)

@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from lit_explain.data._split import stratified_split
-from lit_explain.data.base import SPLITS, ExplainableDataModule
+from lit_explain.data.base import SPLITS, ExplainableDataModule, Workers
 from lit_explain.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -180,7 +180,8 @@ class PlantDataModule(ExplainableDataModule):
             an unreadable or oversize image stops the run before training, with an error naming the files.
         max_image_pixels: the most pixels one image may need decoded (a JPEG counts at its reduced decode
             scale); larger images are refused from their header, before decoding.
-        batch_size, num_workers, pin_memory: loader settings; ``pin_memory=None`` pins when CUDA is present.
+        batch_size, num_workers, pin_memory: loader settings; ``num_workers="auto"`` is min(4, usable cores - 1)
+            (:func:`~lit_explain.data.base.resolve_workers`); ``pin_memory=None`` pins when CUDA is present.
 
     Example:
         >>> dm = PlantDataModule("data/leaf-shapes", image_size=224)
@@ -202,7 +203,7 @@ class PlantDataModule(ExplainableDataModule):
         skip_bad_images: bool = False,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         batch_size: int = 32,
-        num_workers: int = min(4, os.cpu_count() or 1),
+        num_workers: Workers = "auto",
         pin_memory: bool | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)

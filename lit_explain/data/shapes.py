@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lit_explain.data.base import ExplainableDataModule
+from lit_explain.data.base import ExplainableDataModule, Workers
 from lit_explain.errors import ConfigError
 
 SHAPE_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")
@@ -248,7 +248,7 @@ class ShapesDataModule(ExplainableDataModule):
         eval_cue: EvalCue = "none",
         corner: Corner = "top_left",
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: Workers = 0,
         pin_memory: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_explain.compat import child_items
 from lit_explain.errors import ConfigError
 from lit_explain.explain._state import eval_mode, unwrap_model
 
@@ -140,7 +141,7 @@ def family_layer(model: nn.Module) -> str | None:
 def _family_rule(module: nn.Module) -> str | None:
     def last(seq: object) -> tuple[str, nn.Module] | None:
         if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq) > 0:
-            return next(reversed(seq._modules.items()))  # type: ignore[return-value]
+            return next(reversed(child_items(seq)))  # type: ignore[return-value]
         return None
 
     if hasattr(module, "patch_embed"):

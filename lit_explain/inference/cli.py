@@ -18,6 +18,7 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from lit_explain.arguments import add_device_argument, add_overwrite_argument
 from lit_explain.errors import ConfigError, LitExplainError
 from lit_explain.explain import METHODS
 from lit_explain.inference.explainer import Explainer
@@ -74,12 +75,7 @@ def add_model_arguments(parser: ArgumentParser) -> None:
         "--layer", type=str | None, default=None, help="layer to explain, e.g. layer4, features.29"
     )
     parser.add_argument("--method", type=str, default="gradcam", help=f"one of {', '.join(METHODS)}")
-    parser.add_argument(
-        "--device",
-        type=str,
-        default="auto",
-        help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...",
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--batch_size", type=int, default=16, help="rows (image x class) per forward/backward"
     )
@@ -118,14 +114,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--top_k", type=int, default=1, help="explain each of the k most probable classes")
     parser.add_argument("--output", type=str, default="explanations", help="folder for the results")
     parser.add_argument("--no_guided", type=bool, default=False, help="skip Guided Grad-CAM (faster)")
-    parser.add_argument(
-        "--overwrite",
-        type=bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="replace result files an earlier explain run wrote (bare --overwrite or --overwrite true); "
-        "a folder holding anything else is never written into",
+    add_overwrite_argument(
+        parser,
+        "result files an earlier explain run wrote",
+        note="a folder holding anything else is never written into",
     )
     parser.add_argument("--progress", type=bool, default=True, help="show a progress bar for folders")
     return parser

@@ -80,7 +80,8 @@ class Explanation:
     Attributes:
         source: the file path, or ``"<bytes>"`` / ``"<PIL image>"``.
         prediction, prediction_index, confidence: the top class and its softmax probability.
-        top_k: ``[(class name, index, probability), ...]`` best first.
+        top_k: ``[(class name, index, probability), ...]`` best first: the ``top_k`` most probable classes
+            asked for (at least the prediction; the HTTP service asks for its ``report_k``).
         explained: one :class:`ClassExplanation` per explained class; ``explained[0]`` is the requested
             class when one was named, else the prediction.
         image: the model's view of the image, float32 ``[3, H, W]`` in [0, 1].
@@ -158,6 +159,7 @@ class _Job:
     prepared: Prepared
     target: int | None
     top_k: int
+    report_k: int  # classes listed in Explanation.top_k
 
 
 class Explainer:
@@ -304,20 +306,28 @@ class Explainer:
         prepared: Sequence[Prepared],
         target: Target | Sequence[Target] = None,
         top_k: int | Sequence[int] = 1,
+        report_k: int | Sequence[int] | None = None,
     ) -> list[Explanation]:
-        """Like :meth:`explain_batch` for images already pre-processed (the HTTP service decodes first)."""
-        targets = list(target) if isinstance(target, (list, tuple)) else [target] * len(prepared)
-        ks = list(top_k) if isinstance(top_k, (list, tuple)) else [top_k] * len(prepared)
-        if len(targets) != len(prepared) or len(ks) != len(prepared):
+        """Like :meth:`explain_batch` for images already pre-processed (the HTTP service decodes first).
+
+        ``report_k`` is how many classes each result's ``top_k`` lists (default: its ``top_k``, at least 1),
+        for callers that list more classes than they explain.
+        """
+        n = len(prepared)
+        targets = list(target) if isinstance(target, (list, tuple)) else [target] * n
+        ks = list(top_k) if isinstance(top_k, (list, tuple)) else [top_k] * n
+        reports = list(report_k) if isinstance(report_k, (list, tuple)) else [report_k] * n
+        if len(targets) != n or len(ks) != n or len(reports) != n:
             raise ConfigError(
-                f"got {len(targets)} targets and {len(ks)} top_k values for {len(prepared)} images"
+                f"got {len(targets)} targets, {len(ks)} top_k and {len(reports)} report_k values for {n} images"
             )
         for t, k in zip(targets, ks, strict=True):
             if k < 0 or (k == 0 and t is None):
                 raise ConfigError(f"top_k must be >= 1 (or 0 together with a named class), got {k}")
+        classes = len(self.class_names)
         jobs = [
-            _Job(p, None if t is None else self.class_index(t), min(k, len(self.class_names)))
-            for p, t, k in zip(prepared, targets, ks, strict=True)
+            _Job(p, None if t is None else self.class_index(t), min(k, classes), min(max(r or k, 1), classes))
+            for p, t, k, r in zip(prepared, targets, ks, reports, strict=True)
         ]
         # Chunk by rows (image x class) so a folder of top-5 requests stays within one batch's memory.
         chunks: list[list[_Job]] = [[]]
@@ -402,7 +412,7 @@ class Explainer:
         timings: dict[str, float],
     ) -> list[Explanation]:
         """One :class:`Explanation` per job from the rendered rows (host tensors)."""
-        report_k = min(len(self.class_names), max(5, max(job.top_k for job in jobs)))
+        report_k = max(job.report_k for job in jobs)
         top_p, top_i = probs_cpu.topk(report_k, dim=1)
         guided_img = rendered["guided"]
         results: list[Explanation] = []
@@ -436,7 +446,7 @@ class Explainer:
                     top_k=[
                         (self.class_names[c], c, float(p))
                         for c, p in zip(ranking, top_p[i].tolist(), strict=True)
-                    ][: max(job.top_k, 5)],
+                    ][: job.report_k],
                     explained=explained,
                     image=rendered["shown"][first_row],
                     method=self.method,

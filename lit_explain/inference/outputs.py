@@ -39,6 +39,7 @@ __all__ = [
     "map_statistics",
     "planned_files",
     "save_explanation",
+    "top_k_text",
     "write_json",
 ]
 
@@ -51,6 +52,7 @@ CSV_FIELDS = (
     "explained_probability",
     "output_dir",
     "error",
+    "top_k",
 )
 
 
@@ -178,4 +180,10 @@ def csv_row(
         "explained_probability": f"{primary.probability:.6f}",
         "output_dir": output_dir,
         "error": error,
+        "top_k": top_k_text(result),
     }
+
+
+def top_k_text(result: Any) -> str:
+    """The classes ``--top_k`` asked for, best first, as one CSV cell: ``circle 0.912345; ring 0.050001``."""
+    return "; ".join(f"{name} {probability:.6f}" for name, _, probability in result.top_k)

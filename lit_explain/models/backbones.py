@@ -135,11 +135,35 @@ def normalise_weights(weights: str | bool | None) -> str | bool | None:
     return None if weights is False else weights
 
 
+def has_cifar_stem_option(name: str) -> bool:
+    """True when ``model.cifar_stem`` can apply to ``name``: torchvision's ResNet family (``resnet*``,
+    ``resnext*``, ``wide_resnet*``, all built by ``torchvision.models.resnet``).
+
+    Example:
+        >>> has_cifar_stem_option("resnet34"), has_cifar_stem_option("vgg11"), has_cifar_stem_option("timm:resnet10t")
+        (True, False, False)
+    """
+    if is_timm(name) or name not in available_backbones():
+        return False
+    return torchvision.models.get_model_builder(name).__module__ == torchvision.models.resnet.__name__
+
+
+def resolve_cifar_stem(name: str, cifar_stem: bool | str) -> bool:
+    """``model.cifar_stem`` as a bool: ``"auto"`` means the CIFAR stem where the backbone has that option
+    (torchvision ResNets) and the backbone's own stem otherwise, so a CIFAR recipe stays valid under
+    ``--model.backbone timm:vit_tiny_patch16_224``; ``true`` stays strict (an error for other backbones)."""
+    if isinstance(cifar_stem, str):
+        if cifar_stem.strip().lower() != "auto":
+            raise ConfigError(f"model.cifar_stem must be true, false or auto, got {cifar_stem!r}")
+        return has_cifar_stem_option(name)
+    return bool(cifar_stem)
+
+
 def build_backbone(
     name: str,
     num_classes: int,
     in_channels: int = 3,
-    cifar_stem: bool = False,
+    cifar_stem: bool | str = False,
     weights: str | bool | None = None,
     weights_path: str | None = None,
     input_size: list[int] | None = None,
@@ -152,7 +176,8 @@ def build_backbone(
             ``timm.list_models()``, optionally with a pretrained tag: ``timm:vit_tiny_patch16_224.augreg_in21k``).
         num_classes: outputs of the new head.
         in_channels: input channels (1 for grayscale models).
-        cifar_stem: torchvision ResNets only: 3x3 stride-1 first convolution, no max-pool.
+        cifar_stem: torchvision ResNets only: 3x3 stride-1 first convolution, no max-pool; ``"auto"``:
+            for torchvision ResNets, the backbone's own stem for any other (see :func:`resolve_cifar_stem`).
         weights: torchvision: a weights name such as ``"IMAGENET1K_V1"`` or ``"DEFAULT"`` (True means
             ``"DEFAULT"``), downloaded into ``$TORCH_HOME/hub/checkpoints`` when online, read from there when
             cached; timm: True (the default pretrained tag) or a tag name. None: random initialisation.
@@ -174,6 +199,7 @@ def build_backbone(
     if in_channels < 1:
         raise ConfigError(f"model.in_channels must be >= 1, got {in_channels}")
     weights = normalise_weights(weights)
+    cifar_stem = resolve_cifar_stem(name, cifar_stem)
     if is_timm(name):
         if cifar_stem:
             raise ConfigError(f"model.cifar_stem applies to torchvision ResNets only, not {name}")

@@ -204,7 +204,7 @@ def write_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> Path:
     Raises :class:`CheckpointSaveError` (one line) when the disk is full or the folder is not writable.
 
     Example:
-        >>> write_checkpoint(trainer._checkpoint_connector.dump_checkpoint(), "runs/last.ckpt")
+        >>> write_checkpoint(read_checkpoint("runs/best.ckpt"), "runs/copy.ckpt")  # doctest: +SKIP
     """
     path = Path(path)
     # Serialised in memory first (as Lightning does): a write error then surfaces as the OSError it is,

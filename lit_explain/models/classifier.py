@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_explain.compat import attached_trainer, scheduler_state_last_lr
 from lit_explain.data.batch import split_batch
 from lit_explain.errors import ConfigError
 from lit_explain.models.backbones import (
@@ -18,6 +19,7 @@ from lit_explain.models.backbones import (
     classifier_head_names,
     no_weight_decay_ids,
     normalise_weights,
+    resolve_cifar_stem,
 )
 from lit_explain.models.explain_layers import default_explain_layers
 from lit_explain.models.schedules import (
@@ -35,6 +37,11 @@ from lit_explain.models.timm_backbones import is_timm, timm_size_kwargs
 DATA_KEYS = ("class_names", "mean", "std", "input_size", "in_channels")
 
 
+def _shown(names: list[str], first: int = 10) -> str:
+    """The first few class names, for an error line."""
+    return ", ".join(names[:first]) + (", ..." if len(names) > first else "")
+
+
 class ImageClassifier(L.LightningModule):
     """Image classification over a torchvision or timm backbone, with everything a checkpoint needs to explain later.
 
@@ -50,7 +57,9 @@ class ImageClassifier(L.LightningModule):
         num_classes: number of classes; None takes the data module's.
         class_names: names of the classes; None takes the data module's.
         in_channels: input channels of the first convolution; None takes the data module's (default 3).
-        cifar_stem: ResNets only: 3x3 stride-1 first convolution and no max-pool (32x32 inputs).
+        cifar_stem: ResNets only: 3x3 stride-1 first convolution and no max-pool (32x32 inputs); ``"auto"``:
+            that stem for torchvision ResNets and the backbone's own for any other, so a CIFAR recipe stays
+            valid when only the backbone changes (recorded as true/false once the network is built).
         weights: pretrained weights: a torchvision weights name (``"IMAGENET1K_V1"``; True = ``"DEFAULT"``),
             for timm True (the default tag) or a pretrained tag; None for random initialisation.
         weights_path: local state-dict file for the backbone instead of ``weights`` (timm: ``.safetensors``
@@ -84,7 +93,7 @@ class ImageClassifier(L.LightningModule):
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         in_channels: int | None = None,
-        cifar_stem: bool = False,
+        cifar_stem: bool | Literal["auto"] = False,
         weights: str | bool | None = None,
         weights_path: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
@@ -112,6 +121,10 @@ class ImageClassifier(L.LightningModule):
         if lr <= 0:
             raise ConfigError(f"model.lr must be > 0, got {lr}")
         self.save_hyperparameters()
+        # Which setting fixed the class count, for errors that must name what the user actually set.
+        self.classes_setting = "model.num_classes" if num_classes is not None else "model.class_names"
+        # The checkpoint whose hyperparameters built this model (set by the CLI for --ckpt_path).
+        self.checkpoint_source: str | None = None
         self.net: nn.Module | None = None
         self._resume_schedule_state: dict[str, Any] | None = None
         if num_classes is not None or class_names is not None:
@@ -124,6 +137,8 @@ class ImageClassifier(L.LightningModule):
             hp.num_classes = len(hp.class_names)
         if hp.in_channels is None:
             hp.in_channels = 3
+        # Recorded as the bool it resolved to, so a checkpoint or export rebuilds the same network.
+        hp.cifar_stem = resolve_cifar_stem(hp.backbone, hp.cifar_stem)
         if is_timm(hp.backbone) and hp.input_size is None:
             # Built before the data's size is known (num_classes given): a fixed-size model gets
             # dynamic_img_size, recorded so that rebuilding from the checkpoint builds the same network.
@@ -151,36 +166,66 @@ class ImageClassifier(L.LightningModule):
                 top5 = MulticlassAccuracy(hp.num_classes, top_k=5, average="micro")
                 setattr(self, f"{stage}_acc_top5", top5)
 
-    def adopt_data_metadata(self, metadata: dict[str, Any]) -> None:
+    def adopt_data_metadata(self, metadata: dict[str, Any], stage: str | None = None) -> None:
         """Take class names, normalisation, input size and channels from a data module's ``metadata()``.
 
         Values given explicitly to the model win; a disagreement in the number of classes or channels is an
-        error, because the head or the first convolution would not fit the data.
+        error, because the head or the first convolution would not fit the data. The error names what fixed
+        the model's side: the checkpoint it was built from, else the setting the user made. ``stage`` (the
+        trainer's ``fit``, ``validate``, ...) picks the advice for a checkpoint.
         """
         hp = self.hparams
         names = metadata.get("class_names")
         if names is not None:
             if hp.num_classes is not None and hp.num_classes != len(names):
-                shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-                raise ConfigError(
-                    f"model.num_classes={hp.num_classes} disagrees with the data module, which has "
-                    f"{len(names)} classes ({shown}). Set model.num_classes={len(names)} or leave it unset."
-                )
+                raise ConfigError(self._class_count_mismatch(list(names), stage))
             if hp.class_names is None:
                 hp.class_names = list(names)
         channels = metadata.get("in_channels")
         if channels is not None and hp.in_channels is not None and hp.in_channels != channels:
+            ckpt = self.checkpoint_source
+            made = (
+                f"the checkpoint {ckpt} was trained on"
+                if ckpt
+                else f"model.in_channels={hp.in_channels} means"
+            )
             raise ConfigError(
-                f"model.in_channels={hp.in_channels} disagrees with the data module's {channels}-channel images"
+                f"{made} {hp.in_channels}-channel images; the data module's images have {channels} channels"
             )
         for key in DATA_KEYS:
             if hp.get(key) is None and metadata.get(key) is not None:
                 hp[key] = metadata[key]
 
+    def _class_count_mismatch(self, names: list[str], stage: str | None) -> str:
+        """One line: who fixed the model's class count, what the data has, and what to do about it."""
+        hp, ckpt = self.hparams, self.checkpoint_source
+        data = f"this data has {len(names)} ({_shown(names)})"
+        if ckpt is not None:
+            trained = f"the checkpoint {ckpt} was trained for {hp.num_classes} classes"
+            if hp.class_names:
+                trained += f" ({_shown(list(hp.class_names))})"
+            if stage in (None, "fit"):
+                advice = (
+                    "resume it with its own data, or start a new run from its weights with "
+                    f"--model.weights_path {ckpt}"
+                )
+            else:
+                advice = "evaluate it on data with the classes it was trained for"
+            return f"{trained}; {data}: {advice}"
+        if self.classes_setting == "model.class_names":
+            return (
+                f"model.class_names has {hp.num_classes} names; {data}: give the data's names in "
+                "model.class_names or leave it unset"
+            )
+        return (
+            f"model.num_classes={hp.num_classes} disagrees with the data module, which has {len(names)} "
+            f"classes ({_shown(names)}). Set model.num_classes={len(names)} or leave it unset."
+        )
+
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "metadata"):
-            self.adopt_data_metadata(datamodule.metadata())
+            self.adopt_data_metadata(datamodule.metadata(), stage)
         if self.net is None:
             if self.hparams.num_classes is None and self.hparams.class_names is None:
                 raise ConfigError(
@@ -344,7 +389,7 @@ class ImageClassifier(L.LightningModule):
             return ContinuedLR(optimizer, state["start_step"], state["start_factor"], saved)
         if old_total == total_steps:
             return None
-        step, last_lrs = steps_taken(state), state.get("_last_lr")
+        step, last_lrs = steps_taken(state), scheduler_state_last_lr(state)
         if step >= old_total - 1:
             # The checkpoint's schedule had ended; its last rate (a step past the end) starts a new cycle.
             start = state.get("final_factor", schedule_plan(self.hparams.scheduler, old_total).final_factor)
@@ -370,13 +415,13 @@ class ImageClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming a fit: keep the schedule's state, so configure_optimizers (called next) can continue it
         # when this run's length differs (a larger --trainer.max_epochs).
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        fitting = attached_trainer(self) is not None and self.trainer.state.fn == "fit"
         schedules = checkpoint.get("lr_schedulers") or [None]
         self._resume_schedule_state = schedules[0] if fitting and len(schedules) == 1 else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         metrics = {}
-        if self._trainer is not None:
+        if attached_trainer(self) is not None:
             for key in ("train/acc", "val/acc", "test/acc", "val/loss"):
                 value = self.trainer.callback_metrics.get(key)
                 if value is not None:

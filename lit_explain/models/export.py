@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentParser
 
+from lit_explain.arguments import add_overwrite_argument
 from lit_explain.models.loading import CheckpointError, is_lightning_checkpoint, read_checkpoint
 from lit_explain.outputs import OutputError, OutputExistsError, write_atomic
 
@@ -114,14 +115,7 @@ def build_parser() -> ArgumentParser:
         "--ckpt_path", type=str, required=True, help="lit_explain checkpoint (.ckpt) to convert"
     )
     parser.add_argument("--output", type=str, required=True, help="file to write (e.g. model.pth)")
-    parser.add_argument(
-        "--overwrite",
-        type=bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="replace --output when it is a file export wrote earlier (bare --overwrite or --overwrite true)",
-    )
+    add_overwrite_argument(parser, "--output when it is a file export wrote earlier")
     return parser
 
 

@@ -11,10 +11,11 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lit_explain.compat import NormBase, extend_last_lr, nested_schedulers
 from lit_explain.errors import ConfigError
 from lit_explain.models.backbones import no_weight_decay_ids
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_NORMS = (NormBase, nn.GroupNorm, nn.LayerNorm)
 # Per-group keys LR schedulers keep in the optimizer (OneCycleLR, CyclicLR, the warm-up of SequentialLR).
 _SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr")
 # Per-group momentum bounds OneCycleLR/CyclicLR cycle; copied unscaled.
@@ -23,8 +24,7 @@ _MOMENTUM_KEYS = ("base_momentum", "max_momentum", "momentum", "betas")
 
 def _schedulers(scheduler: Any) -> list[LRScheduler]:
     """A scheduler and the schedulers nested in it (SequentialLR, ChainedScheduler)."""
-    nested = getattr(scheduler, "_schedulers", None)
-    return [scheduler] + [s for child in (nested or []) for s in _schedulers(child)]
+    return [scheduler] + [s for child in nested_schedulers(scheduler) for s in _schedulers(child)]
 
 
 class BackboneUnfreeze(BaseFinetuning):
@@ -172,8 +172,7 @@ class BackboneUnfreeze(BaseFinetuning):
                     # Schedulers zip base_lrs with the groups; new groups need an entry or they are not scheduled.
                     if hasattr(scheduler, "base_lrs"):
                         scheduler.base_lrs += [scheduler.base_lrs[0] * self.lr_ratio] * added
-                    if hasattr(scheduler, "_last_lr"):
-                        scheduler._last_lr += [g["lr"] for g in optimizer.param_groups[-added:]]
+                    extend_last_lr(scheduler, [g["lr"] for g in optimizer.param_groups[-added:]])
 
 
 def _count(n: int) -> str:

@@ -264,6 +264,7 @@ def load_classifier(
     in_channels: int | None = None,
     *,
     map_location: str | torch.device = "cpu",
+    checkpoint: Mapping[str, Any] | None = None,
 ) -> ImageClassifier:
     """Load a model for explaining, auditing or serving, in eval mode on ``map_location``.
 
@@ -278,6 +279,8 @@ def load_classifier(
         mean, std: normalisation; plain files default to ImageNet's.
         in_channels: input channels; plain files default to the first convolution's.
         map_location: device to load the weights onto.
+        checkpoint: the file's contents when the caller has read it already (a command reads a
+            checkpoint once, see :class:`lit_explain.audit.source.CheckpointFile`); ``path`` names it.
 
     Example:
         >>> model = load_classifier("lightning_logs/plants/version_0/checkpoints/last.ckpt")
@@ -295,7 +298,8 @@ def load_classifier(
     spec = str(path)
     if spec.startswith(TORCHVISION_PREFIX):
         return _from_torchvision(spec, overrides, map_location).to(map_location)
-    checkpoint = read_checkpoint(path, map_location)
+    if checkpoint is None:
+        checkpoint = read_checkpoint(path, map_location)
     if is_lightning_checkpoint(checkpoint):
         given = {k: v for k, v in overrides.items() if v is not None}
         if backbone is not None and backbone != checkpoint["hyper_parameters"].get("backbone"):

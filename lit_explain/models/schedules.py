@@ -138,7 +138,7 @@ class ContinuedLR(LRScheduler):
             super().load_state_dict(state_dict)
         # Lightning restored the optimizer just before, with the checkpoint schedule's last rates (one step
         # past the end for a finished one-cycle): this schedule's rates go back, used by the next step.
-        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=False):
+        for group, lr in zip(self.optimizer.param_groups, self.get_last_lr(), strict=False):
             group["lr"] = lr
 
 

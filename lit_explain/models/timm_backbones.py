@@ -26,6 +26,8 @@ from lit_explain.errors import ConfigError
 from lit_explain.models.weights_file import head_note, read_weights, summarise_load_error
 
 TIMM_PREFIX = "timm:"
+# Networks lit_explain registers in timm's registry (lit_explain.models.timm_registry); no published weights.
+LIT_EXPLAIN_MODELS = ("resnet10t_half",)
 # create_model arguments lit_explain sets itself; backbone_kwargs may not override them.
 _RESERVED = {
     "num_classes": "model.num_classes (or the data module's classes)",
@@ -39,8 +41,11 @@ _RESERVED = {
 
 def _timm() -> Any:
     """timm, imported on first use: importing it also imports wandb when installed (about 0.7 s), which
-    every ``python -m lit_explain`` command would pay otherwise."""
+    every ``python -m lit_explain`` command would pay otherwise. lit_explain's own named networks
+    (``timm:resnet10t_half``, see :mod:`lit_explain.models.timm_registry`) register on that first use."""
     import timm
+
+    import lit_explain.models.timm_registry  # noqa: F401  (registers its models once, on import)
 
     return timm
 
@@ -123,12 +128,18 @@ def _hub_weights(name: str, tag: str, weights: Any) -> tuple[Any, dict[str, torc
         cache = str(Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name)
         if Path(cache).is_file():
             return cfg, None  # timm reads torch.hub's cache without a download
+    elif name in LIT_EXPLAIN_MODELS:
+        raise ConfigError(
+            f"model.weights: {name} is lit_explain's own network, trained from scratch, with no published "
+            "weights; set model.weights=null (or model.weights_path=<a state dict of it>)"
+        )
     else:
         raise ConfigError(f"timm publishes no pretrained weights for {full}; set model.weights=null")
     reason = _reachable(host)
     if reason is not None:
+        shown = str(weights).lower() if isinstance(weights, bool) else repr(weights)
         raise ConfigError(
-            f"model.weights={weights!r}: cannot download the timm weights {full} ({host} unreachable: {reason}). "
+            f"model.weights={shown}: cannot download the timm weights {full} ({host} unreachable: {reason}). "
             f"Offline, download {url} on a connected machine and pass model.weights_path=<that file>, "
             f"or copy a filled cache to {cache}."
         )

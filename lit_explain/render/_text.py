@@ -7,6 +7,7 @@ strips of a grid are drawn into one PIL image so that a grid costs one host->dev
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -41,22 +42,117 @@ def font(size: int) -> _Font:
         return ImageFont.load_default()
 
 
+# A whole word that is a number: "1.23", "-4", "93%", "1e-05", "(0.93)", "inf"; these are never cut.
+_NUMBER = re.compile(r"[(\[]?[-+]?(?:\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?%?|inf|nan)[)\],:;]?", re.IGNORECASE)
+_MIN_CHARS = 2  # a shortened word keeps at least one character and the ellipsis
+
+
+def is_number(word: str) -> bool:
+    """Whether ``word`` (one whitespace-free word, maybe in brackets or before a comma) is a number."""
+    return _NUMBER.fullmatch(word) is not None
+
+
+def shorten_word(word: str, chars: int) -> str:
+    """``word`` in at most ``chars`` characters with an ellipsis: a path keeps its end (the file name)."""
+    if len(word) <= chars + 1:  # one character traded for an ellipsis saves nothing
+        return word
+    keep = max(1, chars - 1)
+    if "/" in word or "\\" in word:
+        head = keep // 3
+        return word[:head] + ELLIPSIS + word[len(word) - (keep - head) :]
+    return word[:keep] + ELLIPSIS
+
+
+def _capped(words: list[str], tier: list[int], cap: int, floor: dict[int, int]) -> str:
+    """The words with those of ``tier`` cut to ``cap`` characters and those in ``floor`` to theirs."""
+    out = list(words)
+    for i, limit in floor.items():
+        out[i] = shorten_word(words[i], limit)
+    for i in tier:
+        out[i] = shorten_word(words[i], cap)
+    return " ".join(out)
+
+
 def fit_text(text: str, fnt: _Font, max_width: float) -> str:
-    """``text`` on one line, cut at the end with an ellipsis so it is at most ``max_width`` px."""
+    """``text`` on one line, at most ``max_width`` px wide, with every number in it whole.
+
+    What does not fit is shortened word by word, never mid-number: paths first (keeping the file name),
+    then the other words, longest first (each cut with an ellipsis down to one character), then numbers
+    rounded (to one decimal at the least). Only when that is not enough are whole words dropped from the
+    end, replaced by an ellipsis.
+
+    Example:
+        >>> fit_text("worst 3 · plants/train/Cordate/leaf_0042.jpg · loss 1.2345", font(12), 250)
+        'worst 3 · plants/…/leaf_0042.jpg · loss 1.2345'
+    """
     text = " ".join(text.split())  # newlines/tabs would break the one-line layout (see line_count)
     if fnt.getlength(text) <= max_width:
         return text
-    if fnt.getlength(ELLIPSIS) > max_width:
-        return ""
-    # Binary search the longest prefix that still fits with the ellipsis appended.
-    lo, hi = 0, len(text)
-    while lo < hi:
+    words = text.split(" ")
+    paths = [i for i, w in enumerate(words) if ("/" in w or "\\" in w) and not is_number(w)]
+    others = [i for i, w in enumerate(words) if i not in paths and not is_number(w)]
+    floor: dict[int, int] = {}
+    for tier in (paths, others):
+        if not tier:
+            continue
+        longest = max(len(words[i]) for i in tier)
+        fitted = _longest_cap(words, tier, floor, fnt, max_width, longest)
+        if fitted is not None:
+            return _capped(words, tier, fitted, floor)
+        floor.update(dict.fromkeys(tier, _MIN_CHARS))
+    words = [shorten_word(w, floor.get(i, len(w))) for i, w in enumerate(words)]
+    # Then numbers, rounded to no fewer than one decimal (0.53 -> 1 would say something else).
+    for decimals in range(_most_decimals(words) - 1, 0, -1):
+        rounded = [round_number(w, decimals) for w in words]
+        if fnt.getlength(" ".join(rounded)) <= max_width:
+            return " ".join(rounded)
+    return _drop_words([round_number(w, 1) for w in words], fnt, max_width)
+
+
+_DECIMAL = re.compile(r"([(\[]?)([-+]?\d+\.(\d+))([)\],:;]?)")
+
+
+def round_number(word: str, decimals: int) -> str:
+    """A plain decimal word (``1.2345``, ``(0.93)``) rounded to at most ``decimals`` places; others as is.
+
+    Example:
+        >>> round_number("1.2345", 2), round_number("(0.93)", 0), round_number("abc", 1)
+        ('1.23', '(1)', 'abc')
+    """
+    found = _DECIMAL.fullmatch(word)
+    if found is None or len(found.group(3)) <= decimals:
+        return word
+    opening, number, _, closing = found.groups()
+    return f"{opening}{float(number):.{decimals}f}{closing}"
+
+
+def _most_decimals(words: list[str]) -> int:
+    return max((len(m.group(3)) for w in words if (m := _DECIMAL.fullmatch(w))), default=0)
+
+
+def _longest_cap(
+    words: list[str], tier: list[int], floor: dict[int, int], fnt: _Font, max_width: float, longest: int
+) -> int | None:
+    """The largest per-word character cap for ``tier`` that makes the line fit, None if none does."""
+    lo, hi = _MIN_CHARS, longest
+    if fnt.getlength(_capped(words, tier, lo, floor)) > max_width:
+        return None
+    while lo < hi:  # binary search: fits at lo, the answer is in [lo, hi]
         mid = (lo + hi + 1) // 2
-        if fnt.getlength(text[:mid].rstrip() + ELLIPSIS) <= max_width:
+        if fnt.getlength(_capped(words, tier, mid, floor)) <= max_width:
             lo = mid
         else:
             hi = mid - 1
-    return text[:lo].rstrip() + ELLIPSIS
+    return lo
+
+
+def _drop_words(words: list[str], fnt: _Font, max_width: float) -> str:
+    """As many whole words from the start as fit with an ellipsis after them ("" if not even that)."""
+    for n in range(len(words) - 1, -1, -1):
+        line = " ".join([*words[:n], ELLIPSIS])
+        if fnt.getlength(line) <= max_width:
+            return line
+    return ""
 
 
 def line_count(text: str) -> int:

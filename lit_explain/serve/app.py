@@ -4,7 +4,10 @@ Endpoints:
     ``POST /predict_with_gradcam`` ``{"image": <base64 or data URL>, "top_k": 5}`` -> prediction, confidence,
     top-k probabilities and the Grad-CAM heatmap / overlay of the predicted class as base64 PNGs.
     ``POST /analyze_class`` ``{"image": ..., "class_name": "..."}`` -> the same, explained for that class.
-    ``GET /health``, ``GET /classes``, ``GET /`` (a page to try it in a browser).
+    Both also take a ``multipart/form-data`` upload (a ``file`` field, ``curl -F file=@leaf.jpg``;
+    :mod:`.multipart`).
+    ``GET /health``, ``GET /classes``, ``GET /`` (a page to try it in a browser), ``GET /docs`` (the
+    interactive API description FastAPI generates; ``/openapi.json`` the same as JSON).
 
 Every error is a JSON ``{"error": "...", "request_id": "..."}``: a 4xx that says what was wrong with the
 request, or a 500 whose details go to the server log under the same request id (:mod:`.errors`). The
@@ -29,24 +32,47 @@ from fastapi.responses import HTMLResponse
 from PIL import Image
 
 from lit_explain.inference.explainer import Explainer
-from lit_explain.serve.bodies import decode_base64_image
+from lit_explain.serve.bodies import JSON_MEDIA_TYPE, MAX_TOP_K, decode_base64_image
 from lit_explain.serve.errors import REQUEST_ID_HEADER, ApiError, install_error_handling, request_id
+from lit_explain.serve.multipart import MULTIPART_MEDIA_TYPE
 from lit_explain.serve.service import DEFAULT_MAX_BYTES, ExplainService, ServeSettings
+
+
+def request_body_docs(with_class: bool) -> dict[str, Any]:
+    """The OpenAPI description of an explain route's body (for ``/docs``): JSON or a multipart upload.
+
+    The routes read their bodies themselves (under the body limits), so FastAPI cannot infer this.
+    """
+    top_k = {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 5}
+    image = {"type": "string", "description": "the image file in base64, or a data:image/...;base64, URL"}
+    file = {"type": "string", "format": "binary", "description": "the image file"}
+    named = (
+        {"class_name": {"type": "string"}, "class_index": {"type": "integer", "description": "or this"}}
+        if with_class
+        else {}
+    )
+
+    def schema(first: str, field: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": [first], "properties": {first: field, "top_k": top_k, **named}}
+
+    content = {JSON_MEDIA_TYPE: {"schema": schema("image", image)}}
+    content[MULTIPART_MEDIA_TYPE] = {"schema": schema("file", file)}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def _add_explain_routes(app: FastAPI, service: ExplainService) -> None:
     # The body's share of the body budget is held until the answer is built: the payload and the image
     # bytes decoded from it live that long.
-    @app.post("/predict_with_gradcam")
+    @app.post("/predict_with_gradcam", openapi_extra=request_body_docs(with_class=False))
     async def predict_with_gradcam(request: Request) -> dict[str, Any]:
         """Predict the class of ``image`` and explain the prediction."""
-        async with service.bodies.json(request) as payload:
+        async with service.bodies.payload(request) as payload:
             return await service.explain(payload, None, request_id(request))
 
-    @app.post("/analyze_class")
+    @app.post("/analyze_class", openapi_extra=request_body_docs(with_class=True))
     async def analyze_class(request: Request) -> dict[str, Any]:
         """Explain ``image`` for the class ``class_name`` (or an integer ``class_index``)."""
-        async with service.bodies.json(request) as payload:
+        async with service.bodies.payload(request) as payload:
             return await service.explain(payload, service.class_target(payload), request_id(request))
 
 

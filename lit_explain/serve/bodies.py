@@ -7,7 +7,8 @@ levels of nesting) is a 400 like any other invalid JSON, and values echoed back 
 :class:`BodyReader` adds the limits that bound what requests in flight hold, checked before a byte of the
 body is buffered: the ``Content-Type`` must be ``application/json`` (415; a cross-origin web page cannot
 send that without a CORS preflight, which the service refuses unless ``--cors_origin`` names the page),
-the bodies being read and handled share a byte budget (a request that cannot get its share within
+or a ``multipart/form-data`` upload from no web page, ``--cors_origin`` or the server's own page
+(:mod:`.multipart`), the bodies being read and handled share a byte budget (a request that cannot get its share within
 ``body_wait_s`` gets 503 with ``Retry-After``), and a body must arrive within ``body_timeout_s`` (408).
 """
 
@@ -19,7 +20,7 @@ import binascii
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
@@ -28,6 +29,12 @@ from starlette.requests import ClientDisconnect
 from lit_explain.serve.budget import Budget
 from lit_explain.serve.decoding import release_memory
 from lit_explain.serve.errors import ApiError, shorten
+from lit_explain.serve.multipart import (
+    MULTIPART_MEDIA_TYPE,
+    check_upload_origin,
+    multipart_boundary,
+    parse_multipart,
+)
 
 MAX_TOP_K = 20
 JSON_MEDIA_TYPE = "application/json"
@@ -48,8 +55,30 @@ def require_json(request: Request) -> None:
     if given is None or given.split(";", 1)[0].strip().lower() != JSON_MEDIA_TYPE:
         shown = "no Content-Type" if given is None else f"Content-Type {shorten(given, 60)}"
         raise ApiError(
-            415, f"the request body must be JSON sent with Content-Type: {JSON_MEDIA_TYPE}, got {shown}"
+            415,
+            f"the request body must be JSON sent with Content-Type: {JSON_MEDIA_TYPE} (or a "
+            f"{MULTIPART_MEDIA_TYPE} upload: curl -F file=@image.jpg URL), got {shown}",
         )
+
+
+def media_type(request: Request) -> str | None:
+    """The request's Content-Type without parameters, lower-cased (None without the header)."""
+    given = request.headers.get("content-type")
+    return None if given is None else given.split(";", 1)[0].strip().lower()
+
+
+def body_parser(request: Request, cors_origin: str | None) -> Callable[[bytearray], dict[str, Any]]:
+    """How to read this request's body: JSON, or a multipart upload; 415 for anything else.
+
+    Checked from the headers alone, before the body is reserved or read. A multipart upload from a web
+    page other than ``cors_origin`` or the server's own is a 403 (:func:`check_upload_origin`).
+    """
+    if media_type(request) == MULTIPART_MEDIA_TYPE:
+        check_upload_origin(request, cors_origin)
+        boundary = multipart_boundary(request.headers["content-type"])
+        return lambda body: parse_multipart(body, boundary)
+    require_json(request)
+    return parse_json_object
 
 
 def declared_length(request: Request, max_bytes: int) -> int | None:
@@ -84,6 +113,11 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float | None = 
     With ``timeout_s``, a body that has not fully arrived that many seconds after reading began is a 408,
     answered with ``Connection: close`` so that the slow client does not keep the connection either.
     """
+    return parse_json_object(await read_body(request, max_bytes, timeout_s))
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float | None = None) -> bytearray:
+    """The raw request body under the size limit and deadline of :func:`read_json`."""
     declared_length(request, max_bytes)
     try:
         async with asyncio.timeout(timeout_s):
@@ -95,13 +129,14 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float | None = 
             "server with a longer --body_timeout_s",
             headers={"Connection": "close"},
         ) from None
-    return parse_json_object(body)  # json reads the bytearray as is: no second copy of a large body
+    return body
 
 
 class BodyReader:
-    """JSON request bodies under the limits that bound what requests in flight hold in memory.
+    """Request bodies under the limits that bound what requests in flight hold in memory.
 
-    ``async with reader.json(request) as payload`` checks the content type and the declared length,
+    ``async with reader.payload(request) as payload`` (JSON or a multipart upload; ``reader.json`` for
+    JSON only) checks the content type and the declared length,
     reserves the body's bytes from the shared budget (the declared length, or ``max_bytes`` for a chunked
     upload, whose size is unknown until it has arrived) *before* reading any of it, reads it within
     ``timeout_s``, and keeps the reservation until the block ends, because the payload and what the request
@@ -112,6 +147,7 @@ class BodyReader:
         budget: the byte budget shared by all requests.
         wait_s: how long a request may wait for its share of the budget before a 503.
         timeout_s: how long a body may take to arrive once reading began (408 after it).
+        cors_origin: the web origin, besides the server's own, allowed to send multipart uploads.
 
     Example:
         >>> reader = BodyReader(20_000_000, Budget(200_000_000, what="body budget"), wait_s=5, timeout_s=30)
@@ -119,13 +155,26 @@ class BodyReader:
         ...     return await service.explain(payload, None)
     """
 
-    def __init__(self, max_bytes: int, budget: Budget, wait_s: float, timeout_s: float) -> None:
+    def __init__(
+        self, max_bytes: int, budget: Budget, wait_s: float, timeout_s: float, cors_origin: str | None = None
+    ) -> None:
         self.max_bytes, self.budget = max_bytes, budget
         self.wait_s, self.timeout_s = wait_s, timeout_s
+        self.cors_origin = cors_origin
+
+    def json(self, request: Request) -> contextlib.AbstractAsyncContextManager[dict[str, Any]]:
+        """A JSON body only (415 for anything else)."""
+        require_json(request)
+        return self._held(request, parse_json_object)
+
+    def payload(self, request: Request) -> contextlib.AbstractAsyncContextManager[dict[str, Any]]:
+        """A JSON body or a multipart upload, as the same payload dict (the image as bytes for multipart)."""
+        return self._held(request, body_parser(request, self.cors_origin))
 
     @contextlib.asynccontextmanager
-    async def json(self, request: Request) -> AsyncIterator[dict[str, Any]]:
-        require_json(request)
+    async def _held(
+        self, request: Request, parse: Callable[[bytearray], dict[str, Any]]
+    ) -> AsyncIterator[dict[str, Any]]:
         declared = declared_length(request, self.max_bytes)
         charge = self.max_bytes if declared is None else declared
         async with contextlib.AsyncExitStack() as stack:
@@ -133,7 +182,11 @@ class BodyReader:
                 await stack.enter_async_context(self.budget.reserve(charge, timeout=self.wait_s))
             except TimeoutError:
                 raise self._busy(charge) from None
-            payload = await read_json(request, self.max_bytes, self.timeout_s)
+            body = await read_body(request, self.max_bytes, self.timeout_s)
+            try:
+                payload = parse(body)  # json reads the bytearray as is: no second copy of a large body
+            finally:
+                body.clear()  # multipart copied the image out; the raw body is not needed any more
             try:
                 yield payload
             finally:
@@ -182,6 +235,15 @@ def _json_type(value: Any) -> str:
     return "a string" if isinstance(value, str) else "an array"
 
 
+def image_bytes(value: Any) -> bytes:
+    """The image of a payload: the bytes of a multipart file, else a JSON base64 string decoded."""
+    if isinstance(value, bytes):  # only a multipart upload gives bytes; JSON cannot
+        if not value:
+            raise ApiError(422, "the uploaded file is empty; send the image in the 'file' field")
+        return value
+    return decode_base64_image(value)
+
+
 def decode_base64_image(value: Any) -> bytes:
     """Bytes of a base64 string or ``data:image/...;base64,`` URL; :class:`ApiError` 400/422 otherwise."""
     if not isinstance(value, str) or not value:
@@ -228,10 +290,14 @@ __all__ = [
     "MAX_TOP_K",
     "RETRY_AFTER_S",
     "BodyReader",
+    "body_parser",
     "class_field",
     "declared_length",
     "decode_base64_image",
+    "image_bytes",
+    "media_type",
     "parse_json_object",
+    "read_body",
     "read_json",
     "require_json",
     "top_k_field",

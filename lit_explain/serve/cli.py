@@ -67,7 +67,8 @@ def build_parser() -> ArgumentParser:
         type=str | None,
         default=None,
         help="the one web origin allowed to call the service from a browser, e.g. http://localhost:3000 "
-        "(default: none, no CORS headers)",
+        "(default: none, no CORS headers); also the one page besides the server's own allowed to send "
+        "multipart uploads",
     )
     parser.add_argument(
         "--max_batch", type=int, default=8, help="requests per batched forward/backward (1: off)"

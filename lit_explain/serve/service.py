@@ -20,7 +20,7 @@ from lit_explain.serve.bodies import (
     DEFAULT_BODY_BUDGET,
     BodyReader,
     class_field,
-    decode_base64_image,
+    image_bytes,
     top_k_field,
 )
 from lit_explain.serve.budget import Budget
@@ -48,7 +48,8 @@ class ServeSettings:
         header_timeout_s: seconds a new connection may take to send a complete request head before the
             server closes it (applied by ``python -m lit_explain serve``'s server, not by the app).
         cors_origin: the one web origin (``http://host:port``) allowed to call the service from a
-            browser; None sends no CORS headers, so browsers let no other page read the answers.
+            browser; None sends no CORS headers, so browsers let no other page read the answers. Multipart
+            uploads are accepted from it, from the server's own origin and from requests with no Origin.
         log_below: record requests whose confidence is below this into ``log_dir`` (None: off).
         log_dir: where the low-confidence records go.
         log_max_mb: megabytes of records ``log_dir`` may hold; past it one warning is logged and
@@ -138,7 +139,11 @@ class ExplainService:
         self.budget = PixelBudget(settings.decode_budget)
         self.body_budget = Budget(settings.body_budget, what="body budget")
         self.bodies = BodyReader(
-            settings.max_bytes, self.body_budget, settings.body_wait_s, settings.body_timeout_s
+            settings.max_bytes,
+            self.body_budget,
+            settings.body_wait_s,
+            settings.body_timeout_s,
+            cors_origin=settings.cors_origin,
         )
         self.decoder = ImageDecoder(explainer.preprocess, self.budget)
         self.batcher: MicroBatcher[_Work, tuple[dict[str, Any], Explanation]] = MicroBatcher(
@@ -166,7 +171,7 @@ class ExplainService:
     ) -> dict[str, Any]:
         """Decode the request's image, explain ``target`` (None: the prediction) and build the answer."""
         top_k = top_k_field(payload, len(self.explainer.class_names))
-        raw = decode_base64_image(payload.get("image"))
+        raw = image_bytes(payload.get("image"))
         prepared = await self.decoder(raw, request_id)
         response, result = await self.batcher.submit(_Work(prepared, target, top_k))
         if self.log is not None:
@@ -180,6 +185,7 @@ class ExplainService:
             [w.prepared for w in items],
             [w.target for w in items],
             [0 if w.target is not None else 1 for w in items],
+            report_k=[w.top_k for w in items],
         )
         out: list[tuple[dict[str, Any], Explanation] | Exception] = []
         for work, result in zip(items, results, strict=True):

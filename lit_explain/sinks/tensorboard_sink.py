@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 
+from lit_explain.compat import summary_file_writer
 from lit_explain.sinks.base import Sink
 from lit_explain.sinks.items import Picture, Table
 
@@ -26,7 +27,7 @@ class TensorBoardSink(Sink):
 
     def image(self, tag: str, picture: Picture, step: int) -> None:
         writer = self.logger.experiment
-        file_writer = getattr(writer, "_get_file_writer", None)
+        file_writer = summary_file_writer(writer)
         if file_writer is None:  # a SummaryWriter without torch's internals: its public API
             writer.add_image(tag, picture.image, global_step=step, dataformats="CHW")
             return

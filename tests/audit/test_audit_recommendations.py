@@ -15,8 +15,14 @@ def quiet() -> dict[str, Any]:
     return {
         "split": "val",
         "accuracy": 0.9,
-        "per_class": [{"name": "a", "accuracy": 0.9}, {"name": "b", "accuracy": 0.88}],
+        "num_samples": 1000,
+        "num_classes": 2,
+        "per_class": [
+            {"name": "a", "accuracy": 0.9, "support": 500, "predicted_as_this": 505},
+            {"name": "b", "accuracy": 0.88, "support": 500, "predicted_as_this": 495},
+        ],
         "calibration": {
+            "gap_se": 0.01,
             "ece": 0.03,
             "accuracy": 0.9,
             "mean_confidence": 0.91,
@@ -46,10 +52,22 @@ def quiet() -> dict[str, Any]:
             "concentration_relative": 0.8,
             "concentration_reference": 0.6,
             "randomisation": {"samples": 8, "spearman_mean": 0.1, "randomised_layers": ["layer4.1", "fc"]},
-            "faithfulness": {"samples": 8, "better_than_random": True},
+            "faithfulness": {
+                "samples": 8,
+                "better_than_random": True,
+                "deletion_auc": 0.2,
+                "insertion_auc": 0.8,
+                "random_deletion_auc": 0.5,
+                "random_insertion_auc": 0.5,
+                "score": 0.6,
+                "random_score": 0.0,
+                "score_se": 0.05,
+                "deletion_se": 0.03,
+            },
             "fixed_region": {"flagged": False},
         },
         "checkpoint_metrics": {"train/acc": 0.95},
+        "training_progress": {"epochs_done": 15, "max_epochs": 15, "improving": True, "monitor": "val/acc"},
         "training_settings": {"label_smoothing": 0.0, "weight_decay": 5e-4, "augment": True},
     }
 
@@ -80,8 +98,31 @@ def set_path(report: dict, path: str, value: Any) -> None:
     target[last] = value
 
 
+def near_chance(report: dict) -> None:
+    # Two balanced classes, 1000 samples: chance 0.5, standard error 0.016, so 0.52 is within 2 of them.
+    report.update(accuracy=0.52, checkpoint_metrics={"train/acc": 0.55})
+
+
 # rule -> (how to make it fire, text its message must contain)
 FIRING = {
+    "near_chance": (
+        near_chance,
+        "accuracy 0.520 on 1000 samples is less than 2 standard errors (0.016) above chance 0.500 (1/2 classes)",
+    ),
+    "not_converged": (
+        lambda r: r["training_progress"].update(epochs_done=2),
+        "saved after epoch 2 of 15 (13% of the planned training), with val/acc still improving",
+    ),
+    "too_few_samples": (
+        lambda r: r.update(
+            num_samples=70,
+            per_class=[
+                {"name": "a", "accuracy": 0.9, "support": 50, "predicted_as_this": 50},
+                {"name": "b", "accuracy": 0.9, "support": 20, "predicted_as_this": 20},
+            ],
+        ),
+        "1 of 2 classes have fewer than 43 samples (fewest: b with 20; 70 in all)",
+    ),
     "attention_off_object": (
         lambda r: r["attention"]["overall"].update(energy_in_mask=0.12, pointing_game=0.3),
         "energy inside the mask 0.12",
@@ -118,7 +159,7 @@ FIRING = {
                 "insertion_auc": 0.41,
             },
         ),
-        "insertion - deletion AUC 0.010 vs 0.020",
+        "insertion - deletion AUC 0.010 vs 0.020 for random maps",
     ),
     "overconfident": (overconfident, "overconfident: mean confidence 0.920 vs accuracy 0.700 (gap +0.220)"),
     "underconfident": (
@@ -220,3 +261,217 @@ def test_worst_first_and_text() -> None:
     assert [r["rule"] for r in recs] == ["randomisation_failed", "weak_classes", "diffuse_attention"]
     text = as_text(recs)
     assert "1. [HIGH] randomisation_failed" in text and "3. [LOW] diffuse_attention" in text
+
+
+# -- preconditions: advice that is right or silent (issue 21) ----------------------------------------------
+
+
+def by_rule(recs: list[dict]) -> dict[str, dict]:
+    return {r["rule"]: r for r in recs}
+
+
+def resnet_two_epochs() -> dict:
+    """The tester's ResNet-18: 2 of 15 epochs from scratch, accuracy 0.44 on 36 images of 4 classes, two
+    classes never predicted, confidence well below accuracy."""
+    report = quiet()
+    report.update(num_samples=36, num_classes=4, accuracy=0.44, checkpoint_metrics={"train/acc": 0.5})
+    report["per_class"] = [
+        {"name": n, "accuracy": a, "support": 9, "predicted_as_this": p}
+        for n, a, p in (("a", 1.0, 20), ("b", 0.78, 16), ("c", 0.0, 0), ("d", 0.0, 0))
+    ]
+    report["calibration"].update(
+        accuracy=0.44, mean_confidence=0.25, gap=-0.19, gap_se=0.05, ece=0.19, direction="underconfident"
+    )
+    report["calibration"]["under_share"] = 0.9
+    report["training_progress"].update(epochs_done=2)
+    return report
+
+
+def shapes_forty_steps() -> dict:
+    """The tester's 40-step shapes model: accuracy 0.22 on 120 images of 6 classes, maps off the object."""
+    report = quiet()
+    report.update(num_samples=120, num_classes=6, accuracy=0.22, checkpoint_metrics={})
+    report["per_class"] = [
+        {"name": f"s{i}", "accuracy": 0.22, "support": 20, "predicted_as_this": 20} for i in range(6)
+    ]
+    report.pop("training_progress")  # stopped by max_steps: nothing says how far the plan got
+    FIRING["attention_off_object"][0](report)
+    return report
+
+
+def test_near_chance_comes_first_and_holds_back_the_shortcut_and_calibration_advice() -> None:
+    report = shapes_forty_steps()
+    overconfident(report)
+    recs = recommend(report)
+    first = recs[0]
+    assert first["rule"] == "near_chance" and first["severity"] == "high"
+    # chance 1/6 = 0.167, standard error sqrt(0.167 * 0.833 / 120) = 0.034: 0.22 is below 0.167 + 2 * 0.034.
+    assert (
+        "accuracy 0.220 on 120 samples is less than 2 standard errors (0.034) above chance 0.167"
+        in first["message"]
+    )
+    assert "train longer" in first["action"] and "before judging attention" in first["action"]
+    rules = by_rule(recs)
+    for name in ("attention_off_object", "overconfident"):
+        held = rules[name]
+        assert held["severity"] == "info" and held["held_back_by"] == ["near_chance"]
+        assert held["message"].startswith("held back (near_chance: accuracy 0.22 is at chance (0.17))")
+        assert "shortcut" not in held["action"] and "label smoothing" not in held["action"]
+    assert "shortcut" in rules["attention_off_object"]["withheld_action"]  # kept for the record, not advised
+    assert "[HIGH]" not in as_text(recs).split("near_chance")[1]  # nothing else claims high severity
+
+
+def test_near_chance_measures_chance_as_always_answering_the_largest_class() -> None:
+    report = quiet()
+    report["num_classes"] = 3
+    report["per_class"] = [
+        {"name": "a", "accuracy": 1.0, "support": 800, "predicted_as_this": 1000},
+        {"name": "b", "accuracy": 0.0, "support": 100, "predicted_as_this": 0},
+        {"name": "c", "accuracy": 0.0, "support": 100, "predicted_as_this": 0},
+    ]
+    report["accuracy"] = 0.8
+    first = recommend(report)[0]
+    assert first["rule"] == "near_chance"
+    assert "is at or below chance 0.800 (always answering a, 800 of 1000)" in first["message"]
+    assert "2 of 3 classes are never predicted (b, c)" in first["message"]
+    report["accuracy"] = 0.9  # 0.1 above the majority share with standard error 0.013: learned something
+    assert "near_chance" not in by_rule(recommend(report))
+
+
+def test_at_chance_after_learning_the_training_data_keeps_the_attention_findings() -> None:
+    # The spurious-cue model: 0.97 on its training data, chance on a split where the cue is random.
+    report = quiet()
+    near_chance(report)
+    report["checkpoint_metrics"] = {"train/acc": 0.97}
+    FIRING["fixed_region"][0](report)
+    overconfident(report)
+    recs = recommend(report)
+    rules = by_rule(recs)
+    assert recs[0]["rule"] == "near_chance" and "does not carry over to val" in recs[0]["action"]
+    assert rules["fixed_region"]["severity"] == "high" and "held_back_by" not in rules["fixed_region"]
+    assert rules["overconfident"]["severity"] == "info"
+    assert rules["overfitting"]["severity"] == "medium"  # a 0.45 gap is a real finding at chance too
+
+
+def test_too_few_samples_says_how_many_and_why_and_holds_back_per_class_advice() -> None:
+    report = resnet_two_epochs()
+    report.pop("training_progress")
+    FIRING["weak_classes"][0](report)
+    rules = by_rule(recommend(report))
+    few = rules["too_few_samples"]
+    assert "4 of 4 classes have fewer than 43 samples (fewest: a with 9; 36 in all)" in few["message"]
+    assert "at 9 samples a class accuracy of 0.5 is only known to +-0.33 (95%)" in few["message"]
+    assert "43 are needed to resolve the 0.15 gaps" in few["message"]
+    assert rules["weak_classes"]["severity"] == "info"
+    assert rules["weak_classes"]["held_back_by"] == ["too_few_samples"]
+    # 43 per class: enough, silent.
+    for row in report["per_class"]:
+        row["support"] = 43
+    assert "too_few_samples" not in by_rule(recommend(report))
+
+
+def test_a_calibration_gap_within_noise_is_silent() -> None:
+    # The numbers of issue 11's plant run (gap -0.122), but on 36 samples: the gap's standard error
+    # sqrt(0.417 * 0.583 / 36) = 0.082 makes -0.122 indistinguishable from calibrated.
+    report = quiet()
+    underconfident(report)
+    report["calibration"].pop("gap_se")
+    report["num_samples"] = 36
+    assert "underconfident" not in by_rule(recommend(report))
+    report["num_samples"] = 1000  # standard error 0.016: the same gap is real
+    assert "underconfident" in by_rule(recommend(report))
+
+
+def test_not_converged_comes_first_and_holds_back_calibration_advice() -> None:
+    recs = recommend(resnet_two_epochs())
+    assert [r["rule"] for r in recs[:2]] == ["not_converged", "too_few_samples"]
+    message = recs[0]["message"]
+    assert "saved after epoch 2 of 15 (13% of the planned training)" in message
+    assert "2 of 4 classes are never predicted (c, d)" in message
+    assert "audit the final checkpoint" in recs[0]["action"]
+    under = by_rule(recs)["underconfident"]
+    assert under["severity"] == "info" and under["held_back_by"] == ["not_converged"]
+    # The tester's top recommendation is now among the withheld ones at the end.
+    assert all(r["severity"] == "info" for r in recs[recs.index(under) :])
+
+
+def test_not_converged_only_when_stopped_short_and_not_levelled_off() -> None:
+    report = quiet()
+    assert "not_converged" not in by_rule(recommend(report))  # 15 of 15
+    report["training_progress"].update(epochs_done=2, improving=False)  # levelled off: stopping was fine
+    assert "not_converged" not in by_rule(recommend(report))
+    # No max_epochs on record: the learning-rate schedule's planned steps stand in.
+    report["training_progress"] = {"step": 80, "planned_steps": 600, "improving": None}
+    first = recommend(report)[0]
+    assert first["rule"] == "not_converged"
+    assert (
+        "after step 80 of 600 (13% of the planned training); whether it was still improving is not "
+        in first["message"]
+    )
+    report["training_progress"] = {"step": 600, "planned_steps": 600}
+    assert "not_converged" not in by_rule(recommend(report))
+    # The tester's 40-step model: epoch 1 of 6, but max_steps 40 was its plan, and it got there.
+    report["training_progress"] = {"epochs_done": 1, "max_epochs": 6, "step": 40, "max_steps": 40}
+    assert "not_converged" not in by_rule(recommend(report))
+    report["training_progress"]["step"] = 20
+    assert "saved after epoch 1 of 6" in recommend(report)[0]["message"]
+
+
+def test_not_converged_demotes_the_attention_findings() -> None:
+    report = quiet()
+    FIRING["not_converged"][0](report)
+    FIRING["attention_off_object"][0](report)
+    rules = by_rule(recommend(report))
+    off = rules["attention_off_object"]
+    assert off["severity"] == "medium" and off["demoted_by"] == ["not_converged"]
+    assert "(less certain: not_converged: training stopped at epoch 2 of 15)" in off["message"]
+    assert "shortcut" in off["action"]  # demoted, not withheld
+
+
+def test_deletion_auc_equal_to_its_random_baseline_is_flagged() -> None:
+    report = quiet()
+    report["attention"]["faithfulness"].update(
+        deletion_auc=0.323, random_deletion_auc=0.323, deletion_se=0.02, score=0.4, random_score=0.1
+    )
+    FIRING["attention_off_object"][0](report)
+    recs = recommend(report)
+    assert recs[0]["rule"] == "unfaithful_maps"
+    assert (
+        "the maps are no better than random at picking evidence: deletion AUC 0.323 vs 0.323"
+        in recs[0]["message"]
+    )
+    assert "difference +0.000, noise +-0.040" in recs[0]["message"]
+    off = by_rule(recs)["attention_off_object"]
+    assert off["severity"] == "medium" and off["demoted_by"] == ["unfaithful_maps"]
+    # Better than random by more than the noise: silent.
+    report["attention"]["faithfulness"].update(deletion_auc=0.2)
+    assert "unfaithful_maps" not in by_rule(recommend(report))
+    # Better, but within two standard errors: the maps cannot be told from random ones.
+    report["attention"]["faithfulness"].update(deletion_auc=0.3)
+    assert "unfaithful_maps" in by_rule(recommend(report))
+
+
+def test_randomisation_failure_demotes_map_findings_only_when_the_maps_are_not_faithful() -> None:
+    report = quiet()
+    FIRING["randomisation_failed"][0](report)
+    FIRING["fixed_region"][0](report)
+    rules = by_rule(recommend(report))
+    # Deletion/insertion pass clearly (quiet numbers): the maps follow the model's evidence.
+    assert rules["fixed_region"]["severity"] == "high"
+    assert "the deletion/insertion check passes" in rules["randomisation_failed"]["action"]
+    report["attention"]["faithfulness"].update(deletion_auc=0.5)
+    rules = by_rule(recommend(report))
+    assert rules["fixed_region"]["severity"] == "medium"
+    assert set(rules["fixed_region"]["demoted_by"]) == {"randomisation_failed", "unfaithful_maps"}
+    assert "do not read these maps" in rules["randomisation_failed"]["action"]
+
+
+def test_healthy_model_keeps_its_findings_at_full_severity() -> None:
+    report = quiet()
+    for name in ("attention_off_object", "overconfident", "weak_classes"):
+        FIRING[name][0](report)
+    report["per_class"][2].update(support=500, predicted_as_this=400)
+    report["num_samples"] = 1500
+    recs = recommend(report)
+    assert [r["rule"] for r in recs] == ["attention_off_object", "overconfident", "weak_classes"]
+    assert all("held_back_by" not in r and "demoted_by" not in r for r in recs)

@@ -230,8 +230,12 @@ def test_log_to_run_into_a_folder_that_refuses_writes_is_one_line(
     # Root ignores chmod, so the read-only mount is simulated where the copy writes into the run folder.
     # Before: the OSError escaped as a 24-line traceback with exit 1.
     ckpt = _ckpt(cli_run)
-    report = _fake_report(tmp_path / "reports" / "best_audit_val")
-    monkeypatch.setattr(audit_cli, "audit_checkpoint", lambda *args, **kwargs: report)
+    folder = tmp_path / "reports" / "best_audit_val"
+    report = {"path": str(folder)}
+    # The report appears when the (stubbed) audit runs: an existing --output would be refused up front.
+    monkeypatch.setattr(
+        audit_cli, "audit_checkpoint", lambda *args, **kwargs: report.update(_fake_report(folder)) or report
+    )
     before = sorted(p.name for p in cli_run.iterdir())
 
     def read_only(src: Path, dst: Path, **kwargs: object) -> None:
@@ -280,8 +284,12 @@ def test_log_to_run_into_a_chmod_read_only_run_folder(
         pytest.skip("this process writes into chmod 555 folders (root); the EROFS test above covers it")
     run = tmp_path / "run"
     shutil.copytree(cli_run, run)
-    report = _fake_report(tmp_path / "reports" / "best_audit_val")
-    monkeypatch.setattr(audit_cli, "audit_checkpoint", lambda *args, **kwargs: report)
+    folder = tmp_path / "reports" / "best_audit_val"
+    report = {"path": str(folder)}
+    # The report appears when the (stubbed) audit runs: an existing --output would be refused up front.
+    monkeypatch.setattr(
+        audit_cli, "audit_checkpoint", lambda *args, **kwargs: report.update(_fake_report(folder)) or report
+    )
     run.chmod(0o555)
     try:
         argv = ["--ckpt_path", str(_ckpt(run)), "--output", report["path"], "--log_to_run"]

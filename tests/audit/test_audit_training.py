@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 
-from lit_explain.audit import AttentionAudit, audit_checkpoint
+from lit_explain.audit import AttentionAudit, AuditOptions, audit_checkpoint
 from lit_explain.data import ShapesDataModule
 from lit_explain.models import ImageClassifier
 
@@ -41,7 +41,8 @@ def _fit(directory: Path, audit: bool) -> tuple[ImageClassifier, AttentionAudit 
     L.seed_everything(0, verbose=False)
     dm = ShapesDataModule(train_size=96, val_size=32, test_size=32, batch_size=32)
     model = ImageClassifier("resnet18", optimizer="adamw", lr=3e-3, scheduler="none")
-    callback = AttentionAudit(max_samples=32, quality_samples=4) if audit else None
+    options = AuditOptions(max_samples=32, quality_samples=4, progress=False)
+    callback = AttentionAudit(options) if audit else None
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=directory, monitor="val/loss", mode="min")
     trainer = L.Trainer(
         max_epochs=2,

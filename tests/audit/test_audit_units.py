@@ -56,7 +56,9 @@ def test_help_example_is_generic() -> None:
     text = " ".join(build_parser().format_help().split())  # argparse re-wraps the lines
     assert "cifar-100-python" not in text  # a CIFAR-only option in the generic example, before
     assert "--data.batch_size 128" in text and "--overwrite [{true,false}]" in text
-    assert "default: auto = cuda when available, else cpu, as for explain and serve" in text
+    assert (
+        "auto (cuda when available, else cpu)" in text and "the same rule in audit, explain and serve" in text
+    )
 
 
 def _result(confidence, correct) -> SweepResult:

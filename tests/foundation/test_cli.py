@@ -22,8 +22,8 @@ def _print_config(capsys, *args: str) -> str:
 def test_default_recipe_is_the_shapes_demo(capsys):
     config = yaml.safe_load(_print_config(capsys))
     assert config["data"]["class_path"] == "lit_explain.data.ShapesDataModule"
-    assert config["model"]["backbone"] == "timm:resnet10t"
-    assert config["model"]["backbone_kwargs"] == {"stem_width": 16, "channels": [32, 64, 128, 256]}
+    assert config["model"]["backbone"] == "timm:resnet10t_half"
+    assert config["model"]["backbone_kwargs"] is None  # so --model.backbone alone switches the network
     assert (REPO / "configs" / "shapes_demo.yaml").resolve() == recipe_path().resolve()
 
 

@@ -35,11 +35,11 @@ def client(serve_explainer):
         "text/plain",
         "text/plain; charset=utf-8",
         "application/x-www-form-urlencoded",
-        "multipart/form-data",
     ],
 )
 def test_a_body_not_declared_as_json_is_415(client, content_type):
-    # text/plain, forms and multipart are what any web page may post cross-origin without a preflight.
+    # text/plain and forms are what any web page may post cross-origin without a preflight (multipart
+    # uploads are accepted, but only from no page or an allowed one: tests/serve/test_multipart.py).
     headers = {} if content_type is None else {"Content-Type": content_type}
     for path in ("/predict_with_gradcam", "/analyze_class"):
         r = client.post(path, content=BODY, headers=headers)

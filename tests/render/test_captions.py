@@ -1,0 +1,96 @@
+"""Captions are shortened to fit their cell without ever cutting a number: paths first, then other words,
+then numbers rounded, and only then whole words dropped."""
+
+from __future__ import annotations
+
+import doctest
+import re
+
+import pytest
+import torch
+
+from lit_explain.render import _text
+from lit_explain.render._text import ELLIPSIS, fit_text, font, is_number, round_number
+
+WORST = "worst 12 · plants/train/Lanceolate/IMG_20240501_123456.jpg · process 1"
+PREDICTION = "true: Lanceolate · pred: Sagittate (confidence 0.53) · loss 1.2345"
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _allowed(text: str) -> set[str]:
+    """The numbers of ``text`` and their roundings to 1.. decimals."""
+    out = set()
+    for n in NUMBER.findall(text):
+        out.add(n)
+        if "." in n:
+            out |= {f"{float(n):.{d}f}" for d in range(1, len(n.split(".")[1]))}
+    return out
+
+
+@pytest.mark.parametrize("text", [WORST, PREDICTION])
+@pytest.mark.parametrize("width", range(20, 520, 15))
+def test_no_number_is_ever_cut(text, width):
+    fnt = font(13)
+    line = fit_text(text, fnt, width)
+    assert fnt.getlength(line) <= width
+    path_words = {w for w in text.split() if "/" in w}
+    for word in line.split():
+        if any(word.startswith(p[:1]) and word.endswith(p[-2:]) for p in path_words):
+            continue  # a shortened path: its digits are part of a name, not a number
+        digits = NUMBER.findall(word)
+        assert not (digits and word.endswith(ELLIPSIS)), f"{word!r} cut mid-number in {line!r}"
+        assert set(digits) <= _allowed(text), f"{word!r} is not a whole number of {text!r}: {line!r}"
+
+
+def test_the_path_is_shortened_first_and_keeps_the_file_name():
+    fnt = font(13)
+    width = fnt.getlength(WORST) * 0.8
+    line = fit_text(WORST, fnt, width)
+    assert line.startswith("worst 12 · ") and line.endswith(" · process 1"), line
+    assert ELLIPSIS in line and "123456.jpg" in line
+
+
+def test_the_loss_stays_whole_where_words_are_cut():
+    fnt = font(13)
+    line = fit_text(PREDICTION, fnt, fnt.getlength(PREDICTION) * 0.7)
+    assert line.endswith(" 1.2345") and "(c" in line and " 0.53)" in line, line
+
+
+def test_numbers_are_rounded_before_any_word_is_dropped():
+    fnt = font(13)
+    shortest = fit_text(PREDICTION, fnt, 1)  # nothing fits
+    assert shortest in ("", ELLIPSIS)
+    widths = [fnt.getlength(fit_text(PREDICTION, fnt, w)) for w in range(40, 400, 5)]
+    rounded = [fit_text(PREDICTION, fnt, w) for w in range(40, 400, 5)]
+    assert any(line.endswith(" 1.2") for line in rounded)
+    assert widths == sorted(widths)
+
+
+def test_helpers():
+    assert is_number("(0.53)") and is_number("1e-05") and is_number("93%") and not is_number("a1")
+    assert round_number("1.2345", 2) == "1.23" and round_number("(0.531)", 1) == "(0.5)"
+    assert doctest.testmod(_text, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_worst_sample_pages_draw_the_loss_whole(monkeypatch):
+    # The worst-samples caption as WorstSamples writes it, for a long path and long class names.
+    from PIL import ImageDraw
+
+    from lit_explain.callbacks._panels import Explained, prediction_line, render_pages
+
+    drawn: list[str] = []
+    real = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(
+        ImageDraw.ImageDraw,
+        "text",
+        lambda self, xy, text, *a, **k: (drawn.append(text), real(self, xy, text, *a, **k)),
+    )
+    names = ["Lanceolate_with_a_long_name", "Sagittate_with_a_long_name"]
+    source = "plants/val/Lanceolate_with_a_long_name/IMG_20240501_123456.jpg"
+    caption = f"worst 1 · {source}\n{prediction_line(names, 0, 1, 0.8765)} · loss 1.2345"
+    maps = torch.rand(1, 1, 32, 32)
+    explained = Explained(torch.tensor([[0.2, 0.8]]), torch.tensor([1]), maps, maps, None)
+    render_pages(torch.rand(1, 3, 32, 32), explained, [caption], torch.tensor([False]), min_cell=64)
+    (second,) = [t for t in drawn if "·" in t and "worst" not in t]  # the caption's second line
+    assert re.search(r"(?<![\d.])1\.23?4?5?$", second), drawn  # the loss ends the line, whole or rounded
+    assert "0.88" in second or "0.9" in second, drawn
