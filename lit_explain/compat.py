@@ -2,9 +2,9 @@
 
 lit_explain needs a few things these libraries keep private (a logger's chosen version, the checkpoint
 schedule of a ModelCheckpoint, a scheduler's last rates, ...). Each one is wrapped here, so that an upgrade
-that renames one breaks a single module, and ``tests/foundation/test_structure.py`` checks that every name
+that renames one breaks a single module, and ``tests/foundation/test_package_structure.py`` checks that every name
 listed in :data:`PRIVATE_NAMES` still exists in the installed versions (an upgrade fails loudly there, not
-in the middle of a run). ``tests/foundation/test_structure.py`` also refuses private names anywhere else.
+in the middle of a run). ``tests/foundation/test_package_structure.py`` also refuses private names anywhere else.
 
 Only torch is imported here: :mod:`lit_explain.explain` (pure PyTorch, no Lightning) uses this module too.
 """

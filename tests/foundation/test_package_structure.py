@@ -336,3 +336,13 @@ def test_compat_helpers_on_real_objects(tmp_path: Path) -> None:
         torch.nn.InstanceNorm2d, compat.NormBase
     )
     assert compat.attached_trainer(torch.nn.Linear(1, 1)) is None
+
+
+def test_test_files_have_unique_basenames() -> None:
+    # pytest imports test modules by basename (rootdir-relative packages are not used here): two files
+    # with one name stop the whole run at collection, as tests/serve/test_structure.py once did.
+    tests = Path(__file__).resolve().parents[1]
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
