@@ -659,6 +659,9 @@ def locked_report(destination: PathLike, what: str = "--output") -> Iterator[Pat
     key = _report_key(destination)
     held[key] = False
     try:
+        # A killed run's temporaries go now, while the lock says nobody writes them, even when this run
+        # is refused next (an existing report without --overwrite): "removed by the next run".
+        _clean_stale(destination.parent, own=destination.name)
         yield destination
     finally:
         del held[key]

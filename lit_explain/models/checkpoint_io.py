@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -89,7 +90,11 @@ def _unpickler_reason(text: str) -> str:
 
 def _load(file: IO[bytes], name: str, map_location: Any) -> Any:
     try:
-        return torch.load(file, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # A bare pickle (not torch.save's zip) makes torch warn about its protocol on stderr; the
+            # outcome, loaded or refused, is said in one line anyway.
+            warnings.filterwarnings("ignore", message=r".*pickle protocol", category=UserWarning)
+            return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = _unpickler_reason(str(exc))
         if _UNSAFE.search(reason):

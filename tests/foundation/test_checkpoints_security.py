@@ -132,3 +132,36 @@ def test_a_tampered_torchvision_cache_file_runs_nothing(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="cannot load resnet18 weights"):
         load_classifier("torchvision:resnet18")
     assert not marker.exists()
+
+
+def test_a_bare_protocol_4_pickle_is_one_line_without_torch_warnings(tmp_path) -> None:
+    import pickle
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil_raw.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": Payload()}, protocol=4))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lit_explain",
+            "export",
+            "--ckpt_path",
+            str(evil),
+            "--output",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "evil_raw.ckpt" in done.stderr, done.stderr
+    assert not marker.exists()

@@ -192,3 +192,17 @@ def test_a_marker_being_written_by_a_concurrent_claim_is_not_someone_elses_file(
     (user / ".lit_explain-output.tmp").write_text("mine")  # not our pattern: still the user's
     with pytest.raises(OutputError, match="did not write"):
         claim_output_dir(user, kind="explain")
+
+
+def test_taking_a_reports_lock_removes_its_killed_runs_temporaries(tmp_path: Path) -> None:
+    # kill -9 during `audit --overwrite`, then a rerun without --overwrite: the rerun is refused (the old
+    # report exists), but the killed run's temporary folder goes as soon as the rerun holds the lock.
+    from lit_explain.outputs import locked_report
+
+    report = tmp_path / "report"
+    report.mkdir()
+    stale = _temp_folder(tmp_path, f".report.tmp-{_dead_pid()}-abcd", 1)
+    other = _temp_folder(tmp_path, f".other.tmp-{_dead_pid()}-abcd", 1)
+    with held_by_another_process(tmp_path / ".other.lit_explain.lock"), locked_report(report):
+        assert not stale.exists()
+        assert other.is_dir()  # another report's run still holds its lock
