@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,22 @@ def _check(cfg: Namespace) -> None:
         raise ConfigError(f"--log_level {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Fail in one line, not with uvicorn's log lines and exit 3, when the address cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As uvicorn binds: SO_REUSEADDR, so a port in TIME_WAIT is not mistaken for a taken one.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({reason}); choose another --port, or stop what is using it"
+        ) from None
+
+
 def _settings(cfg: Namespace) -> ServeSettings:
     """The service's settings from the command line (checked, before any model is loaded)."""
     return ServeSettings(
@@ -150,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         explainer = explainer_from_args(cfg, guided=False)
         warm_up(explainer)
         app = create_app(explainer, settings)
+        check_can_listen(cfg.host, cfg.port)
     except LitExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -141,3 +141,15 @@ def test_serve_options_are_checked(serve_ckpt, capsys):
     assert "--decode_budget must be >= 1" in capsys.readouterr().err
     assert serve_main(["--ckpt_path", str(serve_ckpt), "--log_level", "loud"]) == 2
     assert "--log_level 'loud' is not one of" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_one_line(serve_ckpt, capsys):
+    from lit_explain.serve.cli import main as serve_main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve_main(["--ckpt_path", str(serve_ckpt), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err, err
