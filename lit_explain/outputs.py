@@ -439,6 +439,14 @@ def check_output_dir(path: PathLike, what: str = "--output") -> Path:
     return path
 
 
+def _other_kind(marker: Mapping[str, Any], kind: str) -> str | None:
+    """The marker's kind when another command wrote it (``explain`` and ``explain-folder`` are one family)."""
+    found = marker.get("kind")
+    if not isinstance(found, str) or found.split("-")[0] == kind.split("-")[0]:
+        return None  # markers from before kinds were recorded count as the same command's
+    return found
+
+
 def claim_output_dir(path: PathLike, kind: str, what: str = "--output") -> Path:
     """Make ``path`` a folder that commands may write files into, or refuse it.
 
@@ -451,7 +459,14 @@ def claim_output_dir(path: PathLike, kind: str, what: str = "--output") -> Path:
         PosixPath('explanations')
     """
     path = check_output_dir(path, what)
-    if read_marker(path) is not None:
+    marker = read_marker(path)
+    if marker is not None:
+        other = _other_kind(marker, kind)
+        if other is not None:
+            raise OutputError(
+                f"{path} holds a lit_explain {other} output; {kind} results are not mixed into it: "
+                f"choose another {what}"
+            )
         return path
     make_dirs(path)
     _write_marker(path, kind=kind)
@@ -792,8 +807,15 @@ class AtomicReportDir:
             )
         if not any(dest.iterdir()):
             return
-        if read_marker(dest) is None or foreign_entries(dest):
+        marker = read_marker(dest)
+        if marker is None or foreign_entries(dest):
             raise _not_ours(dest, foreign_entries(dest), "--output")
+        other = _other_kind(marker, self.kind)
+        if other is not None:
+            raise OutputError(
+                f"{dest} holds a lit_explain {other} output; --overwrite replaces only an earlier "
+                f"{self.kind} output: choose another --output"
+            )
         if not self.overwrite:
             raise OutputExistsError(
                 f"{dest} already exists (an earlier report); choose another --output or pass --overwrite to replace it"

@@ -258,3 +258,23 @@ def test_clean_stale_restores_a_report_moved_aside(tmp_path: Path) -> None:
     old = _fake_temp(tmp_path, f".r.old-{dead}-abcd", dead)
     clean_stale(tmp_path)  # the new report is in place: the old one goes
     assert not old.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_one_commands_output_is_never_mixed_into_or_replaced_by_anothers(tmp_path: Path) -> None:
+    from lit_explain.outputs import AtomicReportDir, OutputError, claim_output_dir
+
+    target = AtomicReportDir(tmp_path / "report", kind="audit")
+    with target as tmp:
+        (tmp / "index.html").write_text("<h1>audit</h1>")
+        target.commit()
+    explained = claim_output_dir(tmp_path / "explained", kind="explain-folder")
+    claim_output_dir(explained, kind="explain")  # one image's results inside a folder run: same command
+    with pytest.raises(OutputError, match="holds a lit_explain audit output"):
+        claim_output_dir(tmp_path / "report", kind="explain")
+    with pytest.raises(
+        OutputError,
+        match="holds a lit_explain explain-folder output; --overwrite replaces only an earlier audit",
+    ):
+        AtomicReportDir(explained, overwrite=True, kind="audit").check()
+    AtomicReportDir(tmp_path / "report", overwrite=True, kind="audit").check()  # its own kind: allowed
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [".lit_explain-output", "index.html"]
