@@ -6,37 +6,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from lock_helpers import held_by_another_process
 
 from lit_explain.audit import source
 from lit_explain.audit.cli import main
 from lit_explain.outputs import AtomicReportDir, OutputBusyError, locked_report, write_json
 
-# Another run: a process holding the report's flock until its stdin closes.
-HOLDER = (
-    "import fcntl, os, sys\n"
-    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)\n"
-    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-    "print('locked', flush=True)\n"
-    "sys.stdin.read()\n"
-)
 FAST = ["--quality_samples", "2", "--max_samples", "16", "--progress", "false"]
-
-
-@contextmanager
-def held_by_another_process(lock: Path) -> Iterator[None]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        yield
-    finally:
-        proc.communicate(timeout=30)
 
 
 def busy_line(dest: Path) -> str:

@@ -9,11 +9,10 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from lock_helpers import held_by_another_process
 
 from lit_explain import outputs
 from lit_explain.outputs import (
@@ -28,28 +27,6 @@ from lit_explain.outputs import (
     refuse_symlinks,
     write_json,
 )
-
-# A process that holds an flock on argv[1] until its stdin closes: another run, possibly in another PID
-# namespace (a container sharing the folder), whose recorded PID means nothing here.
-HOLDER = (
-    "import fcntl, os, sys\n"
-    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)\n"
-    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-    "print('locked', flush=True)\n"
-    "sys.stdin.read()\n"
-)
-
-
-@contextmanager
-def held_by_another_process(lock: Path) -> Iterator[None]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        yield
-    finally:
-        proc.communicate(timeout=30)
 
 
 def _dead_pid() -> int:
