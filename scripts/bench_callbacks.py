@@ -1,14 +1,19 @@
-"""Benchmark the explainability callbacks: epoch wall-time overhead and memory versus validation-set size.
+"""Benchmark the explainability callbacks: their time on the training thread, the epoch wall time with vs
+without them, and the memory they hold versus the validation-set size.
 
-1. Overhead: the same training (same seed, same data) with and without ProbeHeatmaps + WorstSamples +
-   ConfusionMatrix at their default settings, in one process; the per-epoch wall time (training plus
-   validation plus the callbacks' epoch-end work) is compared, first epoch excluded (data caching).
-2. Memory: ``trainer.validate`` with the callbacks on two validation-set sizes; the bytes of tensors the
-   callbacks hold (top-k buffers, confusion matrix, probe cache) are sampled after every batch.
+1. Training-thread share: one fit with the callbacks under Lightning's simple profiler; the profiler rows of
+   every lit_explain callback (setup included) over the ``run_training_epoch`` rows (training + validation).
+   The background writer's seconds are reported next to it (they run on another thread).
+2. Wall ratio: fits without and with the callbacks alternate in one process (without, with, with, without,
+   ...); an epoch is timed from one training epoch's start to the next (the last to the end of fit), so
+   the background writer's work, which spills into the next epoch and competes for the cores, is counted.
+   The first epoch of every fit is not timed (data caching).
+3. Memory: ``trainer.validate`` with the callbacks on two validation-set sizes; peak bytes of tensors they hold.
 
-    python scripts/bench_callbacks.py                          # shapes, CPU, defaults of the issue
-    python scripts/bench_callbacks.py --epochs 3 --train-size 1000 --memory-sizes 1000 4000
-    python scripts/bench_callbacks.py --config configs/cifar100_resnet34.yaml --accelerator gpu
+    python scripts/bench_callbacks.py --recipe demo                       # configs/shapes_demo.yaml as shipped
+    python scripts/bench_callbacks.py --recipe demo --class-defaults      # the callbacks at their class defaults
+    python scripts/bench_callbacks.py --recipe plant --data-root ../shared/data/leaf-shapes   # weights: null
+    python scripts/bench_callbacks.py --recipe cifar --accelerator gpu    # needs the CIFAR-100 files
     python scripts/bench_callbacks.py --loggers tensorboard csv --repeats 3   # time inside the callbacks:
         # TensorBoard alone vs TensorBoard + the other loggers (each picture is encoded once for all)
 """
@@ -16,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -25,26 +31,37 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.profilers import SimpleProfiler
 
 from lit_explain.callbacks import ConfusionMatrix, ProbeHeatmaps, WorstSamples
-from lit_explain.data import ShapesDataModule
-from lit_explain.models import ImageClassifier
+from lit_explain.callbacks.base import ExplainCallback, writer_for
+
+RECIPES = {
+    "demo": "configs/shapes_demo.yaml",
+    "plant": "configs/plant_resnet18.yaml",
+    "cifar": "configs/cifar100_resnet34.yaml",
+}
 
 
-class EpochTimer(L.Callback):
-    """Wall time from each training epoch's start to the end of its validation (after the other callbacks)."""
+class EpochClock(L.Callback):
+    """Seconds from each training epoch's start to the next one's (the last: to the end of fit)."""
 
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
+        self.starts: list[float] = []
+        self.end = 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
+        _sync(pl_module.device)
+        self.starts.append(time.perf_counter())
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
-            _sync(pl_module.device)
-            self.times.append(time.perf_counter() - self._start)
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _sync(pl_module.device)
+        self.end = time.perf_counter()
+
+    @property
+    def times(self) -> list[float]:
+        marks = [*self.starts, self.end]
+        return [b - a for a, b in itertools.pairwise(marks)]
 
 
 class StateBytes(L.Callback):
@@ -58,30 +75,6 @@ class StateBytes(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kw: Any
     ) -> None:
         self.peak = max(self.peak, sum(_tensor_bytes(vars(cb)) for cb in self.watched))
-
-
-HOOKS = ("on_validation_epoch_start", "on_validation_batch_end", "on_validation_epoch_end")
-
-
-def time_hooks(callbacks: list[L.Callback], device_of: Any) -> list[float]:
-    """Wrap the callbacks' validation hooks so the seconds spent inside them add up in the returned cell.
-
-    Measured inside the same run as the epoch time, this share is immune to load drifting between runs.
-    """
-    spent = [0.0]
-    for cb in callbacks:
-        for name in HOOKS:
-            hook = getattr(cb, name)
-
-            def timed(*args: Any, _hook: Any = hook, **kwargs: Any) -> Any:
-                start = time.perf_counter()
-                out = _hook(*args, **kwargs)
-                _sync(device_of())
-                spent[0] += time.perf_counter() - start
-                return out
-
-            setattr(cb, name, timed)
-    return spent
 
 
 def _tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
@@ -107,35 +100,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-DEMO_LAYERS, DEMO_METHOD = (
-    ["layer1", "layer2"],
-    "layercam",
-)  # configs/shapes_demo.yaml (layer: null resolves to these)
+def recipe_args(args: argparse.Namespace) -> list[str]:
+    """LightningCLI arguments for the recipe: its YAML, the data root and sizes asked for, the overrides."""
+    out = ["--config", RECIPES[args.recipe]]
+    if args.recipe == "plant":
+        # No ImageNet download here: the plant recipe from random initialisation, on the given photos.
+        out += ["--model.weights=null", f"--data.init_args.root={args.data_root}"]
+    if args.recipe == "demo" and args.train_size:
+        out += [f"--data.init_args.train_size={args.train_size}"]
+    return out + list(args.override)
 
 
-def default_callbacks(as_demo: bool = False) -> list[L.Callback]:
-    """The callbacks at their class defaults, or as configs/shapes_demo.yaml sets them (48 probes, LayerCAM on fused layers)."""
-    if as_demo:
-        return [
-            ProbeHeatmaps(per_class=8, max_probes=48, layer=DEMO_LAYERS, method=DEMO_METHOD, min_cell=96),
-            WorstSamples(layer=DEMO_LAYERS, method=DEMO_METHOD, min_cell=96),
-            ConfusionMatrix(normalize=True, top_n_pairs=10),
-        ]
-    return [ProbeHeatmaps(), WorstSamples(), ConfusionMatrix()]
+def build(args: argparse.Namespace, extra: list[str] | None = None) -> tuple[Any, Any, list[L.Callback]]:
+    """The recipe's model, data module and lit_explain callbacks (as the YAML sets them, or class defaults)."""
+    from lit_explain.cli import LitExplainCLI
 
-
-def build(
-    args: argparse.Namespace, val_size: int | None = None
-) -> tuple[ImageClassifier, L.LightningDataModule]:
-    if args.config:
-        from lit_explain.cli import LitExplainCLI
-
-        cli = LitExplainCLI(args=["--config", args.config, *args.override], run=False)
-        return cli.model, cli.datamodule
-    dm = ShapesDataModule(
-        train_size=args.train_size, val_size=val_size or args.val_size, batch_size=args.batch_size, seed=0
-    )
-    return ImageClassifier("resnet18", optimizer="adamw", lr=5e-3, scheduler="none"), dm
+    cli = LitExplainCLI(args=[*recipe_args(args), *(extra or [])], run=False)
+    callbacks = [cb for cb in cli.trainer.callbacks if isinstance(cb, ExplainCallback)]
+    if args.class_defaults:
+        callbacks = [ProbeHeatmaps(), WorstSamples(), ConfusionMatrix()]
+    return cli.model, cli.datamodule, callbacks
 
 
 LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
@@ -163,41 +147,44 @@ def make_loggers(names: list[str], log_dir: str) -> list[Any]:
 
 def run_fit(
     args: argparse.Namespace, with_callbacks: bool, log_dir: str, loggers: list[str] | None = None
-) -> tuple[list[float], float]:
-    """Per-epoch wall times, and the seconds spent inside the explainability callbacks after epoch 1."""
+) -> dict[str, Any]:
+    """One fit: per-epoch wall times and, with the callbacks, their profiler seconds and the training seconds."""
     L.seed_everything(0, verbose=False)
-    model, dm = build(args)
-    timer = EpochTimer()
-    explainers = default_callbacks(args.as_demo) if with_callbacks else []
-    spent = time_hooks(explainers, lambda: model.device)
-    first_epoch_spent = [0.0]
-
-    class Mark(L.Callback):
-        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            if trainer.current_epoch == 1:
-                first_epoch_spent[0] = spent[0]
-
-    callbacks = [*explainers, Mark(), timer]
+    model, dm, explainers = build(args)
+    clock = EpochClock()
+    profiler = SimpleProfiler() if with_callbacks else None
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator=args.accelerator,
         devices=1,
         logger=make_loggers(loggers or ["tensorboard"], log_dir),
-        callbacks=callbacks,
+        callbacks=[*(explainers if with_callbacks else []), clock],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
         precision=args.precision,
+        profiler=profiler,
     )
     trainer.fit(model, datamodule=dm)
-    return timer.times, spent[0] - first_epoch_spent[0]
+    out: dict[str, Any] = {"epochs": clock.times}
+    if profiler is not None:
+        rows = profiler.recorded_durations
+        names = {type(cb).__name__ for cb in explainers}
+        per_callback = {
+            name: sum(sum(d) for action, d in rows.items() if action.startswith(f"[Callback]{name}"))
+            for name in sorted(names)
+        }
+        out["callback_s"] = per_callback
+        out["training_s"] = sum(rows.get("run_training_epoch", []))
+        out["background_s"] = writer_for(trainer).stats.background_s
+        out["dropped"] = writer_for(trainer).stats.dropped
+    return out
 
 
 def run_memory(args: argparse.Namespace, val_size: int, log_dir: str) -> int:
     L.seed_everything(0, verbose=False)
-    model, dm = build(args, val_size=val_size)
-    watched = default_callbacks(args.as_demo)
+    model, dm, watched = build(args, [f"--data.init_args.val_size={val_size}"])
     probe = StateBytes(watched)
     trainer = L.Trainer(
         accelerator=args.accelerator,
@@ -212,21 +199,63 @@ def run_memory(args: argparse.Namespace, val_size: int, log_dir: str) -> int:
     return probe.peak
 
 
+def overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """Alternating fits without/with the callbacks (ABBA order), then the shares and the wall ratio."""
+    without: list[float] = []
+    with_cb: list[float] = []
+    share_rows: list[dict[str, Any]] = []
+    order = [False, True, True, False] * ((args.repeats + 1) // 2)
+    for n, on in enumerate(order[: 2 * args.repeats]):
+        run = run_fit(args, on, f"{args.log_dir}/{'with' if on else 'without'}_{n}")
+        (with_cb if on else without).extend(run["epochs"][1:])
+        if on:
+            share_rows.append(run)
+        print(f"fit {n} {'with' if on else 'without'}: epochs {', '.join(f'{t:.2f}' for t in run['epochs'])} s")
+    callback_s = sum(sum(r["callback_s"].values()) for r in share_rows)
+    training_s = sum(r["training_s"] for r in share_rows)
+    per_callback = {
+        name: round(sum(r["callback_s"][name] for r in share_rows) / max(training_s, 1e-9) * 100, 3)
+        for name in share_rows[0]["callback_s"]
+    }
+    t0, t1 = statistics.mean(without), statistics.mean(with_cb)
+    result = {
+        "recipe": args.recipe,
+        "settings": "class defaults" if args.class_defaults else "as the recipe sets them",
+        "training_thread_share_pct": round(100 * callback_s / max(training_s, 1e-9), 3),
+        "share_pct_by_callback": per_callback,
+        "callback_s_per_fit": round(callback_s / len(share_rows), 3),
+        "training_s_per_fit": round(training_s / len(share_rows), 2),
+        "background_s_per_fit": round(sum(r["background_s"] for r in share_rows) / len(share_rows), 3),
+        "epochs_dropped": sum(r["dropped"] for r in share_rows),
+        "epoch_s_without": round(t0, 3),
+        "epoch_s_with": round(t1, 3),
+        "wall_ratio": round(t1 / t0, 4),
+        "epochs_timed_per_side": [len(without), len(with_cb)],
+    }
+    print(
+        f"training thread: {result['training_thread_share_pct']:.2f}% of training "
+        f"({result['callback_s_per_fit']:.2f} s of {result['training_s_per_fit']:.1f} s per fit; by callback "
+        f"{per_callback}); background writer {result['background_s_per_fit']:.2f} s per fit"
+    )
+    print(
+        f"epoch wall time: without {t0:.2f} s, with {t1:.2f} s, ratio {t1 / t0:.3f} "
+        f"({len(without)} / {len(with_cb)} epochs)"
+    )
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not timed)")
-    parser.add_argument("--train-size", type=int, default=3000)
-    parser.add_argument("--val-size", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--as-demo", action="store_true", help="the callbacks as the demo recipe sets them, not the defaults"
-    )
-    parser.add_argument("--repeats", type=int, default=1, help="alternating without/with pairs")
-    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[1000, 20000])
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="demo")
+    parser.add_argument("--data-root", default="../shared/data/leaf-shapes", help="the plant recipe's photos")
+    parser.add_argument("--class-defaults", action="store_true", help="the callbacks at their class defaults")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per fit (the first is not timed)")
+    parser.add_argument("--repeats", type=int, default=2, help="fits per side (without/with), alternating")
+    parser.add_argument("--train-size", type=int, default=None, help="demo only: training images")
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--config", default=None, help="a recipe YAML instead of the built-in shapes setup")
-    parser.add_argument("--override", nargs="*", default=[], help="extra LightningCLI arguments for --config")
+    parser.add_argument("--override", nargs="*", default=[], help="extra LightningCLI arguments")
     parser.add_argument("--log-dir", default="lightning_logs/bench_callbacks")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument(
@@ -248,31 +277,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return sink_cost(args.log_dir)
     if args.loggers:
         return compare_loggers(args)
-
-    without: list[float] = []
-    with_cb: list[float] = []
-    inside, with_total = 0.0, 0.0
-    for r in range(args.repeats):
-        without += run_fit(args, False, f"{args.log_dir}/without_{r}")[0][1:]
-        times, spent = run_fit(args, True, f"{args.log_dir}/with_{r}")
-        with_cb += times[1:]
-        inside, with_total = inside + spent, with_total + sum(times[1:])
-    t0, t1 = statistics.median(without), statistics.median(with_cb)
-    share = inside / max(with_total - inside, 1e-9)
-    result: dict[str, Any] = {
-        "epoch_s_without": round(t0, 3),
-        "epoch_s_with": round(t1, 3),
-        "ratio": round(t1 / t0, 4),
-        "callback_s_per_epoch": round(inside / max(len(with_cb), 1), 3),
-        "ratio_from_hook_time": round(1.0 + share, 4),
-        "epochs_timed": len(without),
-        "memory_bytes_by_val_size": {},
-    }
-    print(f"epoch wall time: without {t0:.2f} s, with callbacks {t1:.2f} s, ratio {t1 / t0:.3f}")
-    print(
-        f"inside the callbacks: {result['callback_s_per_epoch']:.2f} s per epoch; same-run ratio "
-        f"(epoch with) / (epoch with - callback time) = {1.0 + share:.3f}"
-    )
+    result = overhead(args)
+    result["memory_bytes_by_val_size"] = {}
     for size in args.memory_sizes:
         peak = run_memory(args, size, f"{args.log_dir}/memory_{size}")
         result["memory_bytes_by_val_size"][str(size)] = peak
@@ -290,9 +296,9 @@ def compare_loggers(args: argparse.Namespace) -> dict[str, Any]:
     epochs: dict[str, list[float]] = {name: [] for name in sets}
     for r in range(args.repeats):
         for name, loggers in sets.items():
-            times, inside = run_fit(args, True, f"{args.log_dir}/loggers_{name}_{r}", loggers)
-            spent[name].append(inside / (len(times) - 1))
-            epochs[name] += times[1:]
+            run = run_fit(args, True, f"{args.log_dir}/loggers_{name}_{r}", loggers)
+            spent[name].append(sum(run["callback_s"].values()) / len(run["epochs"]))
+            epochs[name] += run["epochs"][1:]
     (base, combo) = sets
     result: dict[str, Any] = {
         "loggers": list(args.loggers),

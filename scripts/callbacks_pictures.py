@@ -14,11 +14,13 @@ import argparse
 import torch
 
 from lit_explain.callbacks import ProbeHeatmaps
-from lit_explain.callbacks._panels import display_images, explain_batch, prediction_line, render_pages
+from lit_explain.callbacks.captions import prediction_line
 from lit_explain.data import ShapesDataModule
+from lit_explain.explain import explain_predictions
 from lit_explain.explain.metrics import energy_pointing_game, pointing_game
 from lit_explain.models.loading import classifier_from_checkpoint
 from lit_explain.render import save_png
+from lit_explain.render.pages import display_images, render_pages
 
 
 def corner_mask(masks: torch.Tensor, side: int) -> torch.Tensor:
@@ -52,12 +54,12 @@ def main(argv: list[str] | None = None) -> None:
         val_size=500, spurious_cue=args.spurious, eval_cue="random" if args.spurious else "none"
     )
     batch = dm.samples(dm.probe_indices(per_class=args.per_class, max_total=32))
-    explained = explain_batch(
+    explained = explain_predictions(
         model.net,
         batch["image"],
         batch["label"],
-        layers[0] if len(layers) == 1 else layers,
-        args.method,
+        layer=layers[0] if len(layers) == 1 else layers,
+        method=args.method,
     )
     names = model.class_names
     conf = explained.probs.gather(1, explained.preds[:, None])[:, 0]
@@ -70,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     pages = render_pages(
         display_images(batch["image"], model.hparams.mean, model.hparams.std),
-        explained,
+        explained.pred_maps,
+        explained.true_maps,
+        explained.guided,
         captions,
         explained.preds == batch["label"],
         method=args.method,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lit_explain.callbacks._panels import METHOD_LABELS
+from lit_explain.render.pages import METHOD_LABELS
 from lit_explain.data import ShapesDataModule
 from lit_explain.explain import METHODS, attention_rollout, cam, is_rollout_method, pointing_game
 from lit_explain.models import classifier_from_checkpoint

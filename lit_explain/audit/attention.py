@@ -14,10 +14,10 @@ from lit_explain.explain import (
     concentration,
     deletion_auc,
     energy_pointing_game,
+    explain_predictions,
     insertion_auc,
     pointing_game,
 )
-from lit_explain.explain.true_class import true_class_maps
 
 THUMB = 24  # side of the stored low-resolution maps (divisible by the 3x3 region grid)
 GRID = 3
@@ -47,13 +47,13 @@ class Maps:
 def explain_batch(
     net: nn.Module, images: Tensor, labels: Tensor, preds: Tensor, layer: str | None, method: str
 ) -> Maps:
-    """CAMs for the predicted and the true class; only the misclassified samples need a second pass."""
-    device = next(net.parameters()).device
-    images = images.to(device)
-    predicted = cam(net, images, layer=layer, targets=preds.to(device), method=method)
-    true = true_class_maps(net, images, labels, predicted, layer=layer, method=method)
-    raw = predicted.raw[0] if isinstance(predicted.raw, tuple) else predicted.raw
-    return Maps(true, predicted.maps, predicted.layers[0], (int(raw.shape[-2]), int(raw.shape[-1])))
+    """CAMs for the predicted and the true class; only the misclassified samples need a second pass.
+
+    ``preds`` are the sweep's predictions: the maps explain them, so every number of the report refers to
+    the same prediction. The audit shows no Guided Grad-CAM, so none is made.
+    """
+    e = explain_predictions(net, images, labels, layer=layer, method=method, guided=False, targets=preds)
+    return Maps(e.true_maps, e.pred_maps, e.layers[0], e.raw_size)
 
 
 def reference_concentration(raw_size: tuple[int, int], size: tuple[int, int]) -> float:

@@ -1,4 +1,4 @@
-"""ConfusionMatrix: the validation confusion matrix, per-class accuracy and most-confused pairs in TensorBoard."""
+"""ConfusionMatrix: the validation confusion matrix, per-class accuracy and most-confused pairs in every tracker."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from lit_explain.callbacks import _logging as tb
-from lit_explain.callbacks._panels import page_tags
-from lit_explain.compat import attached_trainer, callback_state_key
+from lit_explain.callbacks.base import ExplainCallback, is_logging_rank, stage_prefix
+from lit_explain.callbacks.captions import class_names
+from lit_explain.compat import callback_state_key
 from lit_explain.errors import ConfigError
 from lit_explain.render import (
     confused_pairs_table,
@@ -21,7 +20,9 @@ from lit_explain.render import (
     figure_to_tensor,
     per_class_accuracy_pages,
 )
+from lit_explain.render.pages import page_tags
 from lit_explain.sinks import Table
+from lit_explain.sinks.writer import StepLog
 
 
 def per_class_accuracy(cm: Tensor) -> Tensor:
@@ -41,13 +42,14 @@ def worst_k_mean(acc: Tensor, k: int) -> float:
     return float(present.sort().values[: min(k, present.numel())].mean())
 
 
-class ConfusionMatrix(Callback):
+class ConfusionMatrix(ExplainCallback):
     """Accumulate the confusion matrix during validation and log figures, a table and scalars per epoch.
 
     The matrix is a torchmetrics :class:`~torchmetrics.classification.MulticlassConfusionMatrix` kept on
     the model's device and fed from ``validation_step``'s ``preds`` and ``targets`` (no extra forward,
     no host synchronisation per batch); torchmetrics sums it across DDP ranks when computed, which all
-    ranks do at epoch end. The global-zero rank then logs to every TensorBoard logger:
+    ranks do at epoch end. The global-zero rank logs the scalar at once and hands the figures to the
+    background writer, which logs to every tracker:
 
     * ``val/confusion_matrix``: the matrix as a figure (rows true, columns predicted) sized for
       TensorBoard's card: labels stay readable at its narrowest width (every k-th class is labelled
@@ -74,6 +76,8 @@ class ConfusionMatrix(Callback):
     """
 
     def __init__(self, normalize: bool = True, top_n_pairs: int = 10, worst_k: int = 5) -> None:
+        # Every epoch (no every_n_epochs): the matrix costs a figure, and `--explain.every_n_epochs N`
+        # thins only the callbacks that run the explanation engine.
         super().__init__()
         if top_n_pairs < 1 or worst_k < 1:
             raise ConfigError(
@@ -91,48 +95,16 @@ class ConfusionMatrix(Callback):
         return callback_state_key(self, normalize=self.normalize, worst_k=self.worst_k)
 
     # -- collection --------------------------------------------------------------------------------
-    def _start(self, pl_module: L.LightningModule) -> None:
-        num_classes = _num_classes(pl_module)
+    def epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        num_classes = _num_classes(trainer, pl_module)
         if self.metric is None or self.metric.num_classes != num_classes:
             self.metric = MulticlassConfusionMatrix(num_classes=num_classes, validate_args=False)
         self.metric = self.metric.to(pl_module.device)
         self.metric.reset()
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # Refuse a run it cannot log or explain in now, not after an epoch of training.
-        tb.check_trainer(trainer, type(self).__name__, stage)
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._start(pl_module)
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start(pl_module)
-
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+    def batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not trainer.sanity_checking:
-            self._update(outputs)
-
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._update(outputs)
-
-    def _update(self, outputs: Any) -> None:
         if not isinstance(outputs, Mapping) or "preds" not in outputs or "targets" not in outputs:
             raise ConfigError(
                 "ConfusionMatrix needs validation_step/test_step to return a dict with 'preds' and 'targets' "
@@ -142,79 +114,67 @@ class ConfusionMatrix(Callback):
         self.metric.update(outputs["preds"], outputs["targets"])
 
     # -- epoch end ---------------------------------------------------------------------------------
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._compute_and_log(trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._compute_and_log(trainer, pl_module)
-
-    def _compute_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.metric is None:
             return
         cm = self.metric.compute()  # every rank: torchmetrics sums the matrices across processes here
         self.metric.reset()
-        if not tb.is_logging_rank(trainer):
+        if not is_logging_rank(trainer):
             return
         cm = cm.detach().cpu().long()
         self.last_matrix = cm
-        names = _names(pl_module, cm.shape[0])
-        prefix = tb.stage_prefix(trainer)
-        acc = per_class_accuracy(cm)
+        prefix = stage_prefix(trainer)
         # The overall accuracy is the model's own `val/acc`; logging it again here only duplicated it.
-        scalars = {f"{prefix}/worst{self.worst_k}_class_acc": worst_k_mean(acc, self.worst_k)}
-        tb.add_scalars(trainer, scalars)
+        scalars = {
+            f"{prefix}/worst{self.worst_k}_class_acc": worst_k_mean(per_class_accuracy(cm), self.worst_k)
+        }
+        self.log_scalars(trainer, scalars)
         self.last_scalars = scalars
-        tb.add_image(
-            trainer,
+        names = class_names(pl_module, cm.shape[0])
+        epoch = trainer.current_epoch
+        self.submit(trainer, lambda log: self._write(log, cm, names, prefix, epoch), "confusion matrix")
+
+    def _write(self, log: StepLog, cm: Tensor, names: list[str], prefix: str, epoch: int) -> None:
+        """On the background writer: the matrix and per-class figures, and the confused-pairs table."""
+        figure = confusion_matrix_figure(
+            cm, names, normalize=self.normalize, title=f"Confusion matrix ({prefix})", card=True
+        )
+        log.image(
             f"{prefix}/confusion_matrix",
-            figure_to_tensor(
-                confusion_matrix_figure(
-                    cm, names, normalize=self.normalize, title=f"Confusion matrix ({prefix})", card=True
-                )
-            ),
-            caption=f"epoch {trainer.current_epoch}: rows true, columns predicted",
+            figure_to_tensor(figure),
+            caption=f"epoch {epoch}: rows true, columns predicted",
         )
-        pages = per_class_accuracy_pages(acc, names, title=f"Per-class accuracy ({prefix})")
-        tags = (
-            [f"{prefix}/per_class_accuracy"]
-            if len(pages) == 1
-            else page_tags(f"{prefix}/per_class_accuracy", len(pages))
+        pages = per_class_accuracy_pages(
+            per_class_accuracy(cm), names, title=f"Per-class accuracy ({prefix})"
         )
-        for n, (tag, page) in enumerate(zip(tags, pages, strict=True), 1):
-            tb.add_image(
-                trainer,
-                tag,
+        tag = f"{prefix}/per_class_accuracy"
+        tags = [tag] if len(pages) == 1 else page_tags(tag, len(pages))
+        for n, (page_tag, page) in enumerate(zip(tags, pages, strict=True), 1):
+            numbered = f" (page {n} of {len(pages)})" if len(pages) > 1 else ""
+            log.image(
+                page_tag,
                 figure_to_tensor(page),
-                caption=f"epoch {trainer.current_epoch}: classes sorted by accuracy, worst first"
-                + (f" (page {n} of {len(pages)})" if len(pages) > 1 else ""),
+                caption=f"epoch {epoch}: classes sorted by accuracy, worst first{numbered}",
             )
-        pairs = confused_pairs_table(cm, names, top_n=self.top_n_pairs)
         support = cm.sum(dim=1)
         rows = [
             (names[p.true_idx], names[p.pred_idx], p.count, p.count / max(int(support[p.true_idx]), 1))
-            for p in pairs
+            for p in confused_pairs_table(cm, names, top_n=self.top_n_pairs)
         ]
         table = Table(
             ("true", "predicted", "count", "share of true class"),
             rows,
             empty_text="no confusions: every sample was classified correctly",
         )
-        tb.add_table(trainer, f"{prefix}/confused_pairs", table)
-        tb.flush(trainer)
+        log.table(f"{prefix}/confused_pairs", table)
 
 
-def _num_classes(pl_module: L.LightningModule) -> int:
+def _num_classes(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
     hp = getattr(pl_module, "hparams", {})
     n = hp.get("num_classes") or (len(hp["class_names"]) if hp.get("class_names") else None)
-    dm = getattr(attached_trainer(pl_module), "datamodule", None)
+    dm = getattr(trainer, "datamodule", None)
     if n is None and dm is not None and hasattr(dm, "num_classes"):
         n = dm.num_classes
     if not n:
         raise ConfigError("ConfusionMatrix: cannot tell the number of classes; set model.num_classes")
     return int(n)
-
-
-def _names(pl_module: L.LightningModule, n: int) -> list[str]:
-    names = getattr(pl_module, "class_names", None)
-    return [str(c) for c in names] if names and len(names) == n else [str(i) for i in range(n)]

@@ -8,28 +8,21 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import default_collate
 
-from lit_explain.callbacks import _logging as tb
-from lit_explain.callbacks._panels import (
-    check_explain_settings,
-    display_images,
-    explain_batch,
-    explain_layers,
-    explained_net,
-    page_tags,
-    prediction_line,
-    render_pages,
-    sample_sources,
-)
+from lit_explain.callbacks.base import ExplainCallback, is_logging_rank
+from lit_explain.callbacks.captions import class_names, prediction_line, sample_sources
+from lit_explain.callbacks.settings import check_explain_settings, explain_layers, explained_net
 from lit_explain.compat import callback_state_key
 from lit_explain.data.batch import split_batch
 from lit_explain.errors import ConfigError
+from lit_explain.explain import explain_predictions
 from lit_explain.explain.metrics import drift, energy_pointing_game, pointing_game
+from lit_explain.render.pages import display_images, page_tags, render_pages
+from lit_explain.sinks import log_hparams
+from lit_explain.sinks.writer import HostTensors, StepLog, to_host
 
 UNKNOWN_LABEL = -1
 # The pointing game's tolerance in Zhang et al. (ECCV 2016): 15 pixels on 224-pixel images.
@@ -37,7 +30,7 @@ PAPER_TOLERANCE_PX = 15
 PAPER_IMAGE_PX = 224
 
 
-class ProbeHeatmaps(Callback):
+class ProbeHeatmaps(ExplainCallback):
     """Explain a fixed probe set after every ``every_n_epochs``-th validation and log one captioned grid.
 
     Per probe the grid shows: the image | the CAM of the predicted class | the CAM of the true class (only
@@ -105,7 +98,7 @@ class ProbeHeatmaps(Callback):
         min_cell: int = 128,
         pointing_tolerance: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(every_n_epochs)
         if pointing_tolerance is not None and pointing_tolerance < 0:
             raise ConfigError(
                 f"ProbeHeatmaps: pointing_tolerance must be >= 0 pixels, got {pointing_tolerance}"
@@ -114,8 +107,6 @@ class ProbeHeatmaps(Callback):
             raise ConfigError(
                 f"ProbeHeatmaps: per_class and max_probes must be >= 1, got {per_class}, {max_probes}"
             )
-        if every_n_epochs < 1:
-            raise ConfigError(f"ProbeHeatmaps: every_n_epochs must be >= 1, got {every_n_epochs}")
         if scalar_target not in ("pred", "true"):
             raise ConfigError(f"ProbeHeatmaps: scalar_target must be 'pred' or 'true', got {scalar_target!r}")
         if probes is not None:
@@ -134,7 +125,6 @@ class ProbeHeatmaps(Callback):
         self.per_class = per_class
         self.max_probes = max_probes
         self.split = split
-        self.every_n_epochs = every_n_epochs
         self.layer = layer
         self.method = method
         self.scalar_target = scalar_target
@@ -146,47 +136,37 @@ class ProbeHeatmaps(Callback):
         self.prev_maps: Tensor | None = None
         self.last_scalars: dict[str, float] = {}
         self._batch: dict[str, Tensor] | None = None
+        self._sources: list[str] | None = None
 
     @property
     def state_key(self) -> str:
         return callback_state_key(self, split=self.split, layer=self.layer, method=self.method)
 
     # -- hooks -------------------------------------------------------------------------------------
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # Refuse a run it cannot log or explain in now, not after an epoch of training.
-        tb.check_trainer(trainer, type(self).__name__, stage)
+    def on_setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Refuse a run it cannot explain in now, not after an epoch of training.
         check_explain_settings(type(self).__name__, pl_module, stage, self.layer, self.method)
         self._check_probes(trainer)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        fitting = trainer.state.fn == "fit"
-        if fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0:
-            return
-        self._explain_and_log(trainer, pl_module, update_drift=True)
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._explain_and_log(trainer, pl_module, update_drift=False)
+    def epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if is_logging_rank(trainer):
+            self._explain_and_submit(trainer, pl_module, update_drift=not trainer.testing)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Put the run's end results in TensorBoard's HParams tab, next to its hyperparameters."""
-        if not trainer.is_global_zero:
+        """Put the run's end results in the tracker's hyperparameter view (TensorBoard's HParams tab)."""
+        if not is_logging_rank(trainer):
             return
-        final = {}
-        accuracy = trainer.callback_metrics.get("val/acc")
-        if accuracy is not None:
-            final["hparams/val_acc"] = float(accuracy)
-        for name in ("pointing_game", "energy_in_mask"):
-            value = self.last_scalars.get(f"explain/{name}")
-            if value is not None:
-                final[f"hparams/{name}"] = value
-        if not final:
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # The hyperparameters Lightning logged at the start, now with metrics: one HParams session.
-                logger.log_hyperparams(dict(logger.hparams), metrics=final, step=trainer.global_step)
+        with self.timed(trainer):
+            final = {}
+            accuracy = trainer.callback_metrics.get("val/acc")
+            if accuracy is not None:
+                final["hparams/val_acc"] = float(accuracy)
+            for name in ("pointing_game", "energy_in_mask"):
+                value = self.last_scalars.get(f"explain/{name}")
+                if value is not None:
+                    final[f"hparams/{name}"] = value
+            if final:
+                log_hparams(trainer, final)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -207,35 +187,76 @@ class ProbeHeatmaps(Callback):
         prev = state_dict.get("prev_maps")
         self.prev_maps = prev.detach().cpu().clone() if prev is not None else None
         self._batch = None
+        self._sources = None
 
     # -- work --------------------------------------------------------------------------------------
-    def _explain_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule, update_drift: bool) -> None:
-        if not tb.is_logging_rank(trainer):
-            return
+    def _explain_and_submit(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, update_drift: bool
+    ) -> None:
+        """On the training thread: explain the probes, log the scalars, copy the maps to the host."""
         batch = self._probe_batch(trainer, pl_module)
         images, labels = batch["image"], batch["label"]
         layer = explain_layers(pl_module, self.layer)
-        explained = explain_batch(explained_net(pl_module), images, labels.clamp_min(0), layer, self.method)
-        # Images without a known label are explained for their predicted class in the "true" column too.
-        known = labels >= 0
-        true_maps = torch.where(known.view(-1, 1, 1, 1), explained.true_maps, explained.pred_maps)
-        explained = type(explained)(
-            explained.probs, explained.preds, explained.pred_maps, true_maps, explained.guided
+        # Probes without a known label (-1) are explained for their predicted class in the "true" column.
+        explained = explain_predictions(
+            explained_net(pl_module), images, labels, layer=layer, method=self.method
         )
-
-        names = _class_names(pl_module, explained.probs.shape[1])
-        conf = explained.probs.gather(1, explained.preds[:, None])[:, 0].tolist()
-        captions = [
-            f"probe {n} · {source}\n{prediction_line(names, t, p, c)}"
-            for n, (source, t, p, c) in enumerate(
-                zip(self.sources(trainer), labels.tolist(), explained.preds.tolist(), conf, strict=True), 1
-            )
-        ]
-        correct = (explained.preds == labels) | ~known
+        maps = explained.pred_maps if self.scalar_target == "pred" else explained.true_maps
+        scalars = self._scalars(trainer, maps, batch.get("mask"))
+        self.log_scalars(trainer, scalars)
+        self.last_scalars = scalars
+        if update_drift:
+            self.prev_maps = maps.detach().cpu().clone()
+        host = to_host(
+            image=images,
+            pred_maps=explained.pred_maps,
+            true_maps=explained.true_maps,
+            guided=explained.guided,
+            probs=explained.probs,
+            preds=explained.preds,
+            labels=labels,
+        )
         hp = getattr(pl_module, "hparams", {})
+        meta = {
+            "names": class_names(pl_module, explained.probs.shape[1]),
+            "sources": self.sources(trainer),
+            "epoch": trainer.current_epoch,
+            "tag": self.tag(trainer, "probes"),
+            "mean": hp.get("mean"),
+            "std": hp.get("std"),
+        }
+        self.submit(trainer, lambda log: self._write(log, host, meta), "probe heatmaps")
+
+    def _scalars(self, trainer: L.Trainer, maps: Tensor, masks: Tensor | None) -> dict[str, float]:
+        scalars: dict[str, float] = {}
+        if self.prev_maps is not None and self.prev_maps.shape == maps.shape:
+            scalars[self.tag(trainer, "drift")] = float(drift(self.prev_maps.to(maps.device), maps))
+        if masks is not None:
+            masks = masks.to(maps.device).bool()
+            scalars[self.tag(trainer, "energy_in_mask")] = float(
+                energy_pointing_game(maps, masks, reduction="mean")
+            )
+            scalars[self.tag(trainer, "pointing_game")] = float(
+                pointing_game(maps, masks, tolerance=self.tolerance_px(maps.shape[-2:]), reduction="mean")
+            )
+        return scalars
+
+    def _write(self, log: StepLog, host: HostTensors, meta: dict[str, Any]) -> None:
+        """On the background writer: captions and captioned pages."""
+        t = host.get()
+        labels, preds = t["labels"], t["preds"]
+        conf = t["probs"].gather(1, preds[:, None])[:, 0].tolist()
+        rows = zip(meta["sources"], labels.tolist(), preds.tolist(), conf, strict=True)
+        captions = [
+            f"probe {n} · {source}\n{prediction_line(meta['names'], label, pred, c)}"
+            for n, (source, label, pred, c) in enumerate(rows, 1)
+        ]
+        correct = (preds == labels) | (labels < 0)
         pages = render_pages(
-            display_images(images, hp.get("mean"), hp.get("std")),
-            explained,
+            display_images(t["image"], meta["mean"], meta["std"]),
+            t["pred_maps"],
+            t["true_maps"],
+            t["guided"],
             captions,
             correct,
             method=self.method,
@@ -243,29 +264,9 @@ class ProbeHeatmaps(Callback):
             cmap=self.cmap,
             min_cell=self.min_cell,
         )
-        caption = f"epoch {trainer.current_epoch}: {int(correct.sum())} of {len(captions)} probes right"
-        tags = page_tags(tb.explain_tag(trainer, "probes"), len(pages))
-        for n, (tag, page) in enumerate(zip(tags, pages, strict=True), 1):
-            tb.add_image(trainer, tag, page, caption=f"{caption} (page {n} of {len(pages)})")
-
-        maps = explained.pred_maps if self.scalar_target == "pred" else true_maps
-        scalars: dict[str, float] = {}
-        if self.prev_maps is not None and self.prev_maps.shape == maps.shape:
-            scalars[tb.explain_tag(trainer, "drift")] = float(drift(self.prev_maps.to(maps.device), maps))
-        masks = batch.get("mask")
-        if masks is not None:
-            masks = masks.to(maps.device).bool()
-            scalars[tb.explain_tag(trainer, "energy_in_mask")] = float(
-                energy_pointing_game(maps, masks, reduction="mean")
-            )
-            scalars[tb.explain_tag(trainer, "pointing_game")] = float(
-                pointing_game(maps, masks, tolerance=self.tolerance_px(maps.shape[-2:]), reduction="mean")
-            )
-        tb.add_scalars(trainer, scalars)
-        tb.flush(trainer)
-        self.last_scalars = scalars
-        if update_drift:
-            self.prev_maps = maps.detach().cpu().clone()
+        caption = f"epoch {meta['epoch']}: {int(correct.sum())} of {len(captions)} probes right"
+        for n, (tag, page) in enumerate(zip(page_tags(meta["tag"], len(pages)), pages, strict=True), 1):
+            log.image(tag, page, caption=f"{caption} (page {n} of {len(pages)})")
 
     def tolerance_px(self, image_size: tuple[int, int] | torch.Size) -> int:
         """The pointing game's tolerance in pixels for images of ``image_size`` (H, W).
@@ -281,10 +282,13 @@ class ProbeHeatmaps(Callback):
     def sources(self, trainer: L.Trainer) -> list[str]:
         """Where each probe comes from: ``idx N`` (generated data), its file relative to the data root, or
         the image path as given in ``probes``."""
-        ids = list(self.probe_ids or [])
-        if ids and isinstance(ids[0], str):
-            return [str(p) for p in ids]
-        return sample_sources(trainer, self.split, [int(i) for i in ids])
+        if self._sources is None:
+            ids = list(self.probe_ids or [])
+            if ids and isinstance(ids[0], str):
+                self._sources = [str(p) for p in ids]
+            else:
+                self._sources = sample_sources(trainer, self.split, [int(i) for i in ids])
+        return self._sources
 
     def _check_probes(self, trainer: L.Trainer) -> None:
         """Probe files that do not exist or are no image, or indices outside the split, fail here (at setup)."""
@@ -350,11 +354,6 @@ class ProbeHeatmaps(Callback):
         return out
 
 
-def _class_names(pl_module: L.LightningModule, num_classes: int) -> list[str]:
-    names = getattr(pl_module, "class_names", None)
-    return list(names) if names else [str(i) for i in range(num_classes)]
-
-
 def _check_indices(ids: Sequence[int | str], size: int, split: str) -> None:
     bad = [i for i in ids if not 0 <= int(i) < size]
     if bad:
@@ -416,7 +415,7 @@ def _load_paths(paths: list[str], pl_module: L.LightningModule) -> dict[str, Ten
         )
     mode = "L" if hp.get("in_channels") == 1 else "RGB"
     transform = eval_transform(hp["input_size"], hp["mean"], hp["std"])
-    names = _class_names(pl_module, hp.get("num_classes") or 0)
+    names = list(getattr(pl_module, "class_names", None) or [])
     images, labels = [], []
     for path in paths:
         images.append(transform(load_image(path, mode=mode)))

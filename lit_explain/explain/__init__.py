@@ -3,6 +3,9 @@
 CNNs and timm transformers alike (ViT, DeiT, DINOv2 with registers, Swin, ConvNeXt): token and
 channels-last activations are laid out as ``[B, C, h, w]`` without user code (see ``layouts``).
 
+:func:`explain_predictions` is the one call for a batch's probabilities, predictions, predicted- and
+true-class maps and Guided Grad-CAM (the callbacks, the audit and the Explainer all use it).
+
 Pure PyTorch, batched, on the model's device, and side-effect free: every call leaves the model's
 modules, train/eval flags, hooks, parameter ``.grad`` and BatchNorm statistics exactly as it found them.
 
@@ -55,6 +58,7 @@ from lit_explain.explain.metrics import (
     perturbation_curve,
     pointing_game,
 )
+from lit_explain.explain.predictions import Explained, explain_predictions, guided_applies
 from lit_explain.explain.rollout import (
     ROLLOUT_METHODS,
     RolloutResult,
@@ -71,6 +75,7 @@ __all__ = [
     "CAMMethod",
     "CAMResult",
     "EigenCAM",
+    "Explained",
     "GradCAM",
     "GradCAMPlusPlus",
     "GuidedGradCAMResult",
@@ -92,8 +97,10 @@ __all__ = [
     "drift",
     "energy_pointing_game",
     "eval_mode",
+    "explain_predictions",
     "explanation_confidence",
     "family_layer",
+    "guided_applies",
     "guided_backprop",
     "guided_gradcam",
     "increase_in_confidence",

@@ -1,7 +1,9 @@
 """CAMs of the true class next to those of the predicted class, at the cost of one extra pass over errors.
 
 Where the prediction is right the two maps are the same map, so only misclassified rows need a second
-explanation; once a model learns those are few. Used by the training callbacks' panels and by the audit.
+explanation; once a model learns those are few. Used by
+:func:`~lit_explain.explain.predictions.explain_predictions`, the one call the callbacks, the audit and the
+Explainer make.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ def true_class_maps(
 ) -> Tensor:
     """The ``[B, 1, H, W]`` maps for ``labels``, reusing ``predicted.maps`` where ``predicted.targets == labels``.
 
+    Rows whose label is unknown (``< 0``) get ``predicted.maps`` too: there is no other class to explain.
+    Most callers want :func:`~lit_explain.explain.predictions.explain_predictions`, which calls this.
+
     Args:
         model: the explained network (the one ``predicted`` came from).
         images: the ``[B, C, H, W]`` batch ``predicted`` explains.
-        labels: int ``[B]`` true classes (any device; an inference tensor is copied first, since autograd
-            refuses to record one even as a gather index).
+        labels: int ``[B]`` true classes, ``< 0`` where unknown (any device; an inference tensor is copied
+            first, since autograd refuses to record one even as a gather index).
         predicted: :func:`~lit_explain.explain.cam` result for the predicted classes (or any targets).
         layer / method: as given to :func:`~lit_explain.explain.cam` for ``predicted``.
 
@@ -43,7 +48,7 @@ def true_class_maps(
     with torch.inference_mode(False):
         labels = labels.to(predicted.targets.device).clone()
         true_maps = predicted.maps.clone()
-        wrong = torch.nonzero(predicted.targets != labels).flatten()
+        wrong = torch.nonzero((labels >= 0) & (predicted.targets != labels)).flatten()
         if wrong.numel():
             rows = images[wrong.to(images.device)]
             true_maps[wrong] = cam(model, rows, layer=layer, targets=labels[wrong], method=method).maps

@@ -8,7 +8,6 @@ targets) and renders heatmaps, overlays and Guided Grad-CAM pictures as tensors 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor
 
 from lit_explain.errors import ConfigError, LitExplainError
-from lit_explain.explain import METHODS, NoReluError, cam, guided_gradcam, resolve_layer
+from lit_explain.explain import METHODS, explain_predictions, guided_applies, resolve_layer
 from lit_explain.explain._state import eval_mode
 from lit_explain.inference.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Prepared, Preprocessor
 from lit_explain.models.loading import load_classifier
@@ -41,10 +40,6 @@ def resolve_device(device: str | torch.device | None = DEFAULT_DEVICE) -> torch.
         return torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
-
-
-# Methods whose maps come with a Guided Grad-CAM picture (guided backprop needs gradients).
-GUIDED_METHODS = {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"}
 
 
 class UnknownClassError(LitExplainError, KeyError):
@@ -208,7 +203,7 @@ class Explainer:
         self.class_names: list[str] = list(getattr(model, "class_names", None) or [])
         self.preprocess = Preprocessor.for_model(model, max_pixels=max_pixels)
         self.method = method
-        self.guided = guided and method in GUIDED_METHODS
+        self.guided = guided and guided_applies(method)
         self.batch_size = batch_size
         self.alpha = alpha
         self.device = next(self.net.parameters()).device
@@ -349,13 +344,23 @@ class Explainer:
         owner = torch.tensor([i for i, classes in enumerate(rows_of) for _ in classes], device=self.device)
         batch = x[owner]
         row_targets = None if probs is None else [c for classes in rows_of for c in classes]
-        cam_result, guided = self._explain_rows(batch, row_targets)
+        explained = explain_predictions(
+            self.net,
+            batch,
+            layer=self.layer_name,
+            method=self.method,
+            guided=self.guided,
+            targets=row_targets,
+        )
+        if self.guided and explained.guided is None:
+            self.guided = False  # a network without ReLUs: the engine said so once, later calls skip it
+        guided = explained.guided
         if probs is None:
-            probs = cam_result.logits.softmax(dim=1)
+            probs = explained.probs
         explain_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        maps = cam_result.maps
+        maps = explained.pred_maps
         shown = to_rgb(denormalize(batch, self.preprocess.mean, self.preprocess.std))
         rendered = {
             "shown": shown.cpu(),
@@ -364,7 +369,7 @@ class Explainer:
             "guided": guided_to_image(guided).cpu() if guided is not None else None,
             "maps": maps.cpu(),
         }
-        row_classes = cam_result.targets.tolist()
+        row_classes = explained.targets.tolist()
         probs_cpu = probs.cpu()
         render_s = time.perf_counter() - start
         timings = {"explain": explain_s / len(jobs), "render": render_s / len(jobs)}
@@ -386,21 +391,6 @@ class Explainer:
             classes += [c for c in ranked[: job.top_k] if c not in classes]
             rows_of.append(classes)
         return rows_of, probs
-
-    def _explain_rows(self, batch: Tensor, targets: list[int] | None) -> tuple[Any, Tensor | None]:
-        """The CAM of every row and, when on and possible, Guided Grad-CAM from the same pass."""
-        if self.guided:
-            try:
-                result = guided_gradcam(
-                    self.net, batch, layer=self.layer_name, targets=targets, method=self.method
-                )
-            except NoReluError as err:
-                # GELU/SiLU models (ViTs, ConvNeXt): the CAM alone, said once, instead of failing every call.
-                warnings.warn(f"Guided Grad-CAM is turned off for this model: {err}", stacklevel=3)
-                self.guided = False
-            else:
-                return result.cam, result.guided
-        return cam(self.net, batch, layer=self.layer_name, targets=targets, method=self.method), None
 
     def _assemble(
         self,

@@ -68,6 +68,12 @@ def log_scalars(trainer: L.Trainer, values: Mapping[str, float]) -> None:
             sink.scalars(values, int(trainer.global_step))
 
 
+def log_hparams(trainer: L.Trainer, metrics: Mapping[str, float]) -> None:
+    """Put end-of-run results next to the run's hyperparameters (TensorBoard's HParams tab)."""
+    for sink in sinks_for(trainer):
+        sink.hparams({}, metrics, int(trainer.global_step))
+
+
 def flush(trainer: L.Trainer) -> None:
     """Make the epoch's entries visible now (TensorBoard event files, ``metrics.csv``)."""
     for sink in sinks_for(trainer):

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-from lit_explain.compat import summary_file_writer
+from lit_explain.compat import summary_file_writer, use_fast_tensorboard_crc
 from lit_explain.sinks.base import Sink
 from lit_explain.sinks.items import Picture, Table
 
@@ -24,6 +24,11 @@ class TensorBoardSink(Sink):
     """
 
     logger: TensorBoardLogger
+
+    def __init__(self, logger: TensorBoardLogger) -> None:
+        super().__init__(logger)
+        # Event records are checksummed in pure Python unless a C CRC32C is installed (compat explains).
+        use_fast_tensorboard_crc()
 
     def image(self, tag: str, picture: Picture, step: int) -> None:
         writer = self.logger.experiment
@@ -42,6 +47,13 @@ class TensorBoardSink(Sink):
     def table(self, tag: str, table: Table, step: int) -> None:
         self.logger.experiment.add_text(tag, table.markdown(), global_step=step)
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.logger.experiment.add_text(tag, text, global_step=step)
+
+    def hparams(self, params: Mapping[str, object], metrics: Mapping[str, float], step: int) -> None:
+        # The hyperparameters Lightning logged at the start, now with metrics: one HParams session.
+        self.logger.log_hyperparams(dict(params or self.logger.hparams), metrics=dict(metrics), step=step)
+
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         # The writer directly, not log_metrics: TensorBoardLogger.log_metrics also feeds its hparams
         # bookkeeping, which these explanation scalars are not part of.
@@ -50,4 +62,8 @@ class TensorBoardSink(Sink):
             writer.add_scalar(tag, float(value), global_step=step)
 
     def flush(self) -> None:
+        self.logger.experiment.flush()
+
+    def flush_pictures(self) -> None:
+        # SummaryWriter queues events for its own writer thread: flushing from the worker is safe.
         self.logger.experiment.flush()

@@ -29,6 +29,9 @@ class WandbSink(Sink):
     """
 
     logger: WandbLogger
+    # wandb's run.log is not thread-safe (wandb/wandb#1824): the background writer renders and encodes,
+    # and the training thread makes the call.
+    thread_safe = False
 
     def image(self, tag: str, picture: Picture, step: int) -> None:
         with tempfile.TemporaryDirectory(prefix="lit_explain_wandb_") as folder:

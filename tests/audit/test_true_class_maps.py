@@ -43,13 +43,13 @@ def test_only_misclassified_rows_get_a_second_pass(monkeypatch) -> None:
     assert seen == []  # all right: no second pass at all
 
 
-def test_audit_uses_the_shared_helper(monkeypatch) -> None:
+def test_audit_uses_the_shared_engine_call(monkeypatch) -> None:
     net, images, preds, labels = _setup()
     calls = []
     import lit_explain.audit.attention as attention
 
-    real = attention.true_class_maps
-    monkeypatch.setattr(attention, "true_class_maps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = attention.explain_predictions
+    monkeypatch.setattr(attention, "explain_predictions", lambda *a, **k: calls.append(1) or real(*a, **k))
     maps = explain_batch(net, images, labels, preds, "layer3", "gradcam")
     assert calls == [1]
     assert torch.allclose(maps.true, cam(net, images, layer="layer3", targets=labels).maps, atol=1e-5)

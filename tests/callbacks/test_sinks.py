@@ -16,7 +16,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 
 from lit_explain import sinks
 from lit_explain.callbacks import ConfusionMatrix, ProbeHeatmaps, WorstSamples
-from lit_explain.callbacks._logging import CallbackSetupError, check_trainer, sharded_strategy
+from lit_explain.callbacks.base import CallbackSetupError, check_trainer, sharded_strategy
 from lit_explain.errors import ConfigError
 from lit_explain.sinks import CsvFilesSink, Picture, Table
 

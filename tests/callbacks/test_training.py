@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 
 from lit_explain.callbacks import ConfusionMatrix, ProbeHeatmaps, WorstSamples
-from lit_explain.callbacks._panels import CARD_IMAGE_PX, MAX_PAGE_PX, MIN_TEXT_PX
+from lit_explain.render.card import CARD_IMAGE_PX, MAX_PAGE_PX, MIN_TEXT_PX
 
 # Two 2-epoch fits shared by the module: about 10 s on a quiet 2-core CPU, so not marked slow.
 

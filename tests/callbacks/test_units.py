@@ -118,8 +118,7 @@ def test_pointing_tolerance_scales_with_the_image() -> None:
 def test_true_class_maps_reuse_the_predicted_ones_only_where_right() -> None:
     from torchvision.models import resnet18
 
-    from lit_explain.callbacks._panels import explain_batch
-    from lit_explain.explain import cam
+    from lit_explain.explain import cam, explain_predictions
 
     torch.manual_seed(0)
     net = resnet18(num_classes=4).eval()
@@ -127,7 +126,7 @@ def test_true_class_maps_reuse_the_predicted_ones_only_where_right() -> None:
     preds = net(images).argmax(1)
     labels = preds.clone()
     labels[::2] = (preds[::2] + 1) % 4  # every other row misclassified
-    explained = explain_batch(net, images, labels, "layer3", "gradcam")
+    explained = explain_predictions(net, images, labels, layer="layer3", method="gradcam")
     expected = cam(net, images, layer="layer3", targets=labels).maps
     assert torch.allclose(explained.true_maps, expected, atol=1e-5)
     assert torch.equal(explained.preds, preds)
@@ -178,29 +177,22 @@ def test_callback_settings_fail_at_setup_before_any_batch(tmp_path, callback, ex
 
 
 def _explained(n: int, wrong: list[int], size: int = 64):
-    from lit_explain.callbacks._panels import Explained
-
+    """Images, (pred maps, true maps, guided) and which rows are right, for render_pages."""
     generator = torch.Generator().manual_seed(0)
     maps = torch.rand(n, 1, size, size, generator=generator)
     preds = torch.zeros(n, dtype=torch.long)
     labels = preds.clone()
     labels[wrong] = 1
-    explained = Explained(
-        probs=torch.full((n, 2), 0.5),
-        preds=preds,
-        pred_maps=maps,
-        true_maps=1 - maps,
-        guided=torch.rand(n, 3, size, size, generator=generator),
-    )
-    return torch.rand(n, 3, size, size, generator=generator), explained, preds == labels
+    columns = (maps, 1 - maps, torch.rand(n, 3, size, size, generator=generator))
+    return torch.rand(n, 3, size, size, generator=generator), columns, preds == labels
 
 
 def test_pages_stay_under_the_card_limits_with_a_true_column_only_for_errors() -> None:
-    from lit_explain.callbacks._panels import MAX_PAGE_PX, PAD, render_pages
+    from lit_explain.render.pages import MAX_PAGE_PX, PAD, render_pages
 
     images, explained, correct = _explained(48, wrong=[1, 5], size=48)  # 48 px cells upscaled x2 to 96
     captions = [f"probe {i}\ntrue: a · pred: b (confidence 0.50)" for i in range(48)]
-    pages = render_pages(images, explained, captions, correct, min_cell=96)
+    pages = render_pages(images, *explained, captions, correct, min_cell=96)
     assert len(pages) >= 4 and all(p.shape[1] <= MAX_PAGE_PX for p in pages)
     width = pages[0].shape[2]
     assert width == 4 * 96 + 5 * PAD  # image | predicted | true | guided
@@ -212,12 +204,12 @@ def test_pages_stay_under_the_card_limits_with_a_true_column_only_for_errors() -
     assert (cell(0) == 255).all() and not (cell(1) == 255).all()
     # All right: the column is left out.
     images, explained, correct = _explained(8, wrong=[], size=48)
-    pages = render_pages(images, explained, captions[:8], correct, min_cell=96)
+    pages = render_pages(images, *explained, captions[:8], correct, min_cell=96)
     assert pages[0].shape[2] == 3 * 96 + 4 * PAD
 
 
 def readable(width: int) -> int:
-    from lit_explain.callbacks._panels import readable_font_px
+    from lit_explain.render.pages import readable_font_px
 
     return readable_font_px(width)
 
@@ -225,7 +217,7 @@ def readable(width: int) -> int:
 def test_sources_name_files_relative_to_the_data_root_or_the_dataset_index(tmp_path) -> None:
     from types import SimpleNamespace
 
-    from lit_explain.callbacks._panels import sample_sources
+    from lit_explain.callbacks.captions import sample_sources
     from lit_explain.data import ShapesDataModule
 
     shapes = SimpleNamespace(datamodule=ShapesDataModule(val_size=10))
@@ -250,7 +242,7 @@ def test_top5_accuracy_exists_only_with_more_than_five_classes(classes: int, has
 def test_layer_none_takes_the_models_default_explanation_layers() -> None:
     from torchvision.models import resnet18
 
-    from lit_explain.callbacks._panels import explain_layers
+    from lit_explain.callbacks.settings import explain_layers
     from lit_explain.models import ImageClassifier
 
     model = ImageClassifier("resnet18", num_classes=6, input_size=[64, 64])
@@ -262,15 +254,19 @@ def test_layer_none_takes_the_models_default_explanation_layers() -> None:
 def test_panel_helpers_docstring_examples() -> None:
     import doctest
 
-    from lit_explain.callbacks import _panels
+    from lit_explain.callbacks import captions, cost
+    from lit_explain.render import pages
 
-    result = doctest.testmod(_panels, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 3 and result.failed == 0
+    attempted = 0
+    for module in (captions, cost, pages):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, module.__name__
+        attempted += result.attempted
+    assert attempted >= 8
 
 
 def test_models_without_relus_and_rollout_methods_drop_the_guided_column() -> None:
-    from lit_explain.callbacks._panels import explain_batch
-    from lit_explain.explain import cam
+    from lit_explain.explain import cam, explain_predictions
 
     torch.manual_seed(0)
     gelu_net = torch.nn.Sequential(
@@ -284,7 +280,7 @@ def test_models_without_relus_and_rollout_methods_drop_the_guided_column() -> No
     ).eval()
     images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
     with pytest.warns(UserWarning, match="Guided Grad-CAM column is left out.*GELU"):
-        explained = explain_batch(gelu_net, images, labels, layer="2", method="gradcam")
+        explained = explain_predictions(gelu_net, images, labels, layer="2", method="gradcam")
     assert explained.guided is None
     reference = cam(gelu_net, images, layer="2", method="gradcam")
     assert torch.allclose(explained.pred_maps, reference.maps, atol=1e-6)
@@ -292,7 +288,7 @@ def test_models_without_relus_and_rollout_methods_drop_the_guided_column() -> No
     # Once per network: the next epoch (or the other callback) gets the same maps without a second warning.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        again = explain_batch(gelu_net, images, labels, layer="2", method="gradcam")
+        again = explain_predictions(gelu_net, images, labels, layer="2", method="gradcam")
     assert again.guided is None and torch.equal(again.pred_maps, explained.pred_maps)
 
     import timm
@@ -300,5 +296,7 @@ def test_models_without_relus_and_rollout_methods_drop_the_guided_column() -> No
     vit = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3
     )
-    explained = explain_batch(vit.eval(), torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None, "rollout")
+    explained = explain_predictions(
+        vit.eval(), torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), method="rollout"
+    )
     assert explained.guided is None and explained.pred_maps.shape == (2, 1, 32, 32)

@@ -20,7 +20,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_explain.audit.cli import main as audit_main
-from lit_explain.callbacks._panels import PAD
+from lit_explain.render.pages import PAD
 from lit_explain.inference import Explainer
 from lit_explain.inference.cli import main as explain_main
 from lit_explain.models import ImageClassifier, classifier_from_checkpoint

@@ -76,7 +76,8 @@ def test_worst_sample_pages_draw_the_loss_whole(monkeypatch):
     # The worst-samples caption as WorstSamples writes it, for a long path and long class names.
     from PIL import ImageDraw
 
-    from lit_explain.callbacks._panels import Explained, prediction_line, render_pages
+    from lit_explain.callbacks.captions import prediction_line
+    from lit_explain.render.pages import render_pages
 
     drawn: list[str] = []
     real = ImageDraw.ImageDraw.text
@@ -89,8 +90,7 @@ def test_worst_sample_pages_draw_the_loss_whole(monkeypatch):
     source = "plants/val/Lanceolate_with_a_long_name/IMG_20240501_123456.jpg"
     caption = f"worst 1 · {source}\n{prediction_line(names, 0, 1, 0.8765)} · loss 1.2345"
     maps = torch.rand(1, 1, 32, 32)
-    explained = Explained(torch.tensor([[0.2, 0.8]]), torch.tensor([1]), maps, maps, None)
-    render_pages(torch.rand(1, 3, 32, 32), explained, [caption], torch.tensor([False]), min_cell=64)
+    render_pages(torch.rand(1, 3, 32, 32), maps, maps, None, [caption], torch.tensor([False]), min_cell=64)
     (second,) = [t for t in drawn if "·" in t and "worst" not in t]  # the caption's second line
     assert re.search(r"(?<![\d.])1\.23?4?5?$", second), drawn  # the loss ends the line, whole or rounded
     assert "0.88" in second or "0.9" in second, drawn

@@ -1,0 +1,85 @@
+"""What the explanations cost a run: seconds on the training thread (per callback, per epoch, in all) and
+seconds on the background writer, so a user can choose ``every_n_epochs`` from numbers.
+
+One :class:`CostAccount` per trainer, shared by every lit_explain callback of that trainer.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import lightning as L
+
+
+@dataclass
+class CostAccount:
+    """Training-thread seconds of the explanation callbacks of one trainer.
+
+    Example:
+        >>> account = CostAccount()
+        >>> with account.timed("ProbeHeatmaps"):
+        ...     pass
+        >>> sorted(account.by_callback)
+        ['ProbeHeatmaps']
+    """
+
+    by_callback: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    epoch_s: float = 0.0
+    total_s: float = 0.0
+    fit_start: float | None = None
+    _depth: int = 0
+
+    @contextmanager
+    def timed(self, owner: str) -> Iterator[None]:
+        # Nested timings (a hook calling a timed helper) count once, in the outermost owner.
+        if self._depth:
+            yield
+            return
+        self._depth += 1
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            spent = time.perf_counter() - start
+            self.by_callback[owner] += spent
+            self.epoch_s += spent
+            self.total_s += spent
+
+    def take_epoch(self) -> float:
+        """The seconds spent since the last call (one epoch's cost), and start counting the next."""
+        spent, self.epoch_s = self.epoch_s, 0.0
+        return spent
+
+    def fit_seconds(self) -> float | None:
+        return None if self.fit_start is None else time.perf_counter() - self.fit_start
+
+
+_ACCOUNTS: weakref.WeakKeyDictionary[L.Trainer, CostAccount] = weakref.WeakKeyDictionary()
+
+
+def cost_account(trainer: L.Trainer) -> CostAccount:
+    """The trainer's account (created on first use)."""
+    account = _ACCOUNTS.get(trainer)
+    if account is None:
+        account = _ACCOUNTS[trainer] = CostAccount()
+    return account
+
+
+def cost_line(training_thread_s: float, fit_s: float | None, background_s: float) -> str:
+    """The end-of-fit summary.
+
+    Example:
+        >>> cost_line(1.25, 50.0, 3.5)
+        'explainability: 1.2 s on the training thread (2.5% of training), 3.5 s in the background'
+    """
+    share = f" ({100 * training_thread_s / fit_s:.1f}% of training)" if fit_s else ""
+    return (
+        f"explainability: {training_thread_s:.1f} s on the training thread{share}, "
+        f"{background_s:.1f} s in the background"
+    )

@@ -1,0 +1,59 @@
+"""Which network and layers the callbacks explain, and the setup-time check of those settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from lit_explain.errors import ConfigError
+from lit_explain.explain import METHODS, LayerNotFoundError, resolve_layers
+
+
+def explained_net(pl_module: Any) -> nn.Module:
+    """The plain network the callbacks explain: ``pl_module.net`` when there is one, else the module."""
+    net = getattr(pl_module, "net", None)
+    return pl_module if net is None else net
+
+
+def explain_layers(pl_module: Any, layer: str | list[str] | None) -> str | list[str] | None:
+    """The configured layer(s), or the model's own default (``default_explain_layers``) when None.
+
+    None stays None (the engine's automatic choice) for models without a default.
+    """
+    if layer is not None:
+        return layer
+    try:
+        default = getattr(pl_module, "default_explain_layers", None)
+    except ConfigError:  # the network is not built yet
+        return None
+    return list(default) if default else None
+
+
+def check_explain_settings(
+    owner: str, pl_module: Any, stage: str | None, layer: str | list[str] | None, method: str
+) -> None:
+    """Refuse, at ``setup``, a method the engine does not have or a layer the model does not have.
+
+    The message names the valid candidates. A lit_explain model builds its network from the data module
+    in its own ``setup``, which Lightning calls after the callbacks'; that build is idempotent, so it is
+    done here already to check the layers before the first batch instead of after an epoch.
+    """
+    if method not in METHODS:
+        raise ConfigError(
+            f"{owner}: method={method!r} is not an explanation method; choose one of {', '.join(METHODS)}"
+        )
+    if getattr(pl_module, "net", False) is None and hasattr(pl_module, "adopt_data_metadata"):
+        pl_module.setup(stage or "fit")
+    net = explained_net(pl_module)
+    chosen = explain_layers(pl_module, layer)
+    if chosen is None:
+        return
+    names = [chosen] if isinstance(chosen, str) else list(chosen)
+    try:
+        resolve_layers(net, names)
+    except LayerNotFoundError as exc:
+        raise ConfigError(
+            f"{owner}: layer={layer!r}: {exc} Fix `layer` in the callback's init_args, or leave it unset "
+            "for the model's default"
+        ) from None
