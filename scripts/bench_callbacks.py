@@ -152,7 +152,7 @@ def run_fit(
     L.seed_everything(0, verbose=False)
     model, dm, explainers = build(args)
     clock = EpochClock()
-    profiler = SimpleProfiler() if with_callbacks else None
+    profiler = SimpleProfiler(dirpath=log_dir, filename="profile") if with_callbacks else None
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator=args.accelerator,

@@ -127,7 +127,8 @@ class ExplainCallback(Callback):
 
     Subclasses override :meth:`epoch_start`, :meth:`batch_end`, :meth:`epoch_end` (called in fit's
     validation, ``trainer.validate`` and ``trainer.test``; never in the sanity check; while fitting only
-    in every ``every_n_epochs``-th epoch) and :meth:`on_setup`. The base checks the trainer at setup,
+    in every ``every_n_epochs``-th epoch), :meth:`on_setup` (cheap checks of the callback's own settings)
+    and :meth:`on_start` (checks against the built model, before the first batch). The base checks the trainer at setup,
     counts the hooks' time as the callback's cost on the training thread (``explain/cost_s`` per epoch,
     one line at the end of fit), flushes the background writer at the end of fit/validate/test and on
     exceptions, and re-raises a background error at the next hook.
@@ -154,6 +155,9 @@ class ExplainCallback(Callback):
     # -- what subclasses override ------------------------------------------------------------------
     def on_setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Checks and preparation at ``setup`` (after the trainer checks)."""
+
+    def on_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The model is set up (its network built) and no batch has run yet: fit, validate or test starts."""
 
     def epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A validation or test epoch starts (in the epochs the callback works in)."""
@@ -210,6 +214,19 @@ class ExplainCallback(Callback):
         with self.timed(trainer):
             check_trainer(trainer, type(self).__name__, stage)
             self.on_setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with self.timed(trainer):
+            self.on_start(trainer, pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit":  # fit's own validations come after on_fit_start
+            with self.timed(trainer):
+                self.on_start(trainer, pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with self.timed(trainer):
+            self.on_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check_writer(trainer)

@@ -14,12 +14,7 @@ from lit_explain.callbacks.base import ExplainCallback, is_logging_rank, stage_p
 from lit_explain.callbacks.captions import class_names
 from lit_explain.compat import callback_state_key
 from lit_explain.errors import ConfigError
-from lit_explain.render import (
-    confused_pairs_table,
-    confusion_matrix_figure,
-    figure_to_tensor,
-    per_class_accuracy_pages,
-)
+from lit_explain.render import confused_pairs_table, confusion_matrix_image, per_class_accuracy_images
 from lit_explain.render.pages import page_tags
 from lit_explain.sinks import Table
 from lit_explain.sinks.writer import StepLog
@@ -136,15 +131,13 @@ class ConfusionMatrix(ExplainCallback):
 
     def _write(self, log: StepLog, cm: Tensor, names: list[str], prefix: str, epoch: int) -> None:
         """On the background writer: the matrix and per-class figures, and the confused-pairs table."""
-        figure = confusion_matrix_figure(
-            cm, names, normalize=self.normalize, title=f"Confusion matrix ({prefix})", card=True
-        )
+        # The figures are kept between epochs and only refilled (render/figures.py).
+        title = f"Confusion matrix ({prefix})"
+        matrix = confusion_matrix_image(cm, names, normalize=self.normalize, title=title)
         log.image(
-            f"{prefix}/confusion_matrix",
-            figure_to_tensor(figure),
-            caption=f"epoch {epoch}: rows true, columns predicted",
+            f"{prefix}/confusion_matrix", matrix, caption=f"epoch {epoch}: rows true, columns predicted"
         )
-        pages = per_class_accuracy_pages(
+        pages = per_class_accuracy_images(
             per_class_accuracy(cm), names, title=f"Per-class accuracy ({prefix})"
         )
         tag = f"{prefix}/per_class_accuracy"
@@ -152,9 +145,7 @@ class ConfusionMatrix(ExplainCallback):
         for n, (page_tag, page) in enumerate(zip(tags, pages, strict=True), 1):
             numbered = f" (page {n} of {len(pages)})" if len(pages) > 1 else ""
             log.image(
-                page_tag,
-                figure_to_tensor(page),
-                caption=f"epoch {epoch}: classes sorted by accuracy, worst first{numbered}",
+                page_tag, page, caption=f"epoch {epoch}: classes sorted by accuracy, worst first{numbered}"
             )
         support = cm.sum(dim=1)
         rows = [

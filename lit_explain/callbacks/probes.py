@@ -14,7 +14,12 @@ from torch.utils.data import default_collate
 
 from lit_explain.callbacks.base import ExplainCallback, is_logging_rank
 from lit_explain.callbacks.captions import class_names, prediction_line, sample_sources
-from lit_explain.callbacks.settings import check_explain_settings, explain_layers, explained_net
+from lit_explain.callbacks.settings import (
+    check_explain_layers,
+    check_explain_method,
+    explain_layers,
+    explained_net,
+)
 from lit_explain.compat import callback_state_key
 from lit_explain.data.batch import split_batch
 from lit_explain.errors import ConfigError
@@ -145,8 +150,11 @@ class ProbeHeatmaps(ExplainCallback):
     # -- hooks -------------------------------------------------------------------------------------
     def on_setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Refuse a run it cannot explain in now, not after an epoch of training.
-        check_explain_settings(type(self).__name__, pl_module, stage, self.layer, self.method)
+        check_explain_method(type(self).__name__, self.method)
         self._check_probes(trainer)
+
+    def on_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        check_explain_layers(type(self).__name__, pl_module, self.layer)
 
     def epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_logging_rank(trainer):

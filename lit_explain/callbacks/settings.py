@@ -30,30 +30,39 @@ def explain_layers(pl_module: Any, layer: str | list[str] | None) -> str | list[
     return list(default) if default else None
 
 
-def check_explain_settings(
-    owner: str, pl_module: Any, stage: str | None, layer: str | list[str] | None, method: str
-) -> None:
-    """Refuse, at ``setup``, a method the engine does not have or a layer the model does not have.
-
-    The message names the valid candidates. A lit_explain model builds its network from the data module
-    in its own ``setup``, which Lightning calls after the callbacks'; that build is idempotent, so it is
-    done here already to check the layers before the first batch instead of after an epoch.
-    """
+def check_explain_method(owner: str, method: str) -> None:
+    """Refuse, at ``setup``, a method the engine does not have, naming the valid ones."""
     if method not in METHODS:
         raise ConfigError(
             f"{owner}: method={method!r} is not an explanation method; choose one of {', '.join(METHODS)}"
         )
-    if getattr(pl_module, "net", False) is None and hasattr(pl_module, "adopt_data_metadata"):
-        pl_module.setup(stage or "fit")
-    net = explained_net(pl_module)
+
+
+def check_explain_layers(owner: str, pl_module: Any, layer: str | list[str] | None) -> None:
+    """Refuse a layer the model does not have, naming the candidates.
+
+    Called once the model is set up (a lit_explain model builds its network from the data module in its
+    own ``setup``, after the callbacks'), and before the first batch: ``on_fit_start``, or the start of
+    ``validate``/``test``. A model whose network is still missing is not checked.
+    """
+    if getattr(pl_module, "net", False) is None:
+        return
     chosen = explain_layers(pl_module, layer)
     if chosen is None:
         return
     names = [chosen] if isinstance(chosen, str) else list(chosen)
     try:
-        resolve_layers(net, names)
+        resolve_layers(explained_net(pl_module), names)
     except LayerNotFoundError as exc:
         raise ConfigError(
             f"{owner}: layer={layer!r}: {exc} Fix `layer` in the callback's init_args, or leave it unset "
             "for the model's default"
         ) from None
+
+
+def check_explain_settings(
+    owner: str, pl_module: Any, stage: str | None, layer: str | list[str] | None, method: str
+) -> None:
+    """:func:`check_explain_method` and, when the network is built already, :func:`check_explain_layers`."""
+    check_explain_method(owner, method)
+    check_explain_layers(owner, pl_module, layer)

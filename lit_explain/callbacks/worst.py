@@ -11,7 +11,12 @@ from torch import Tensor
 
 from lit_explain.callbacks.base import ExplainCallback, is_logging_rank, stage_prefix
 from lit_explain.callbacks.captions import class_name, class_names, prediction_line, sample_sources
-from lit_explain.callbacks.settings import check_explain_settings, explain_layers, explained_net
+from lit_explain.callbacks.settings import (
+    check_explain_layers,
+    check_explain_method,
+    explain_layers,
+    explained_net,
+)
 from lit_explain.callbacks.topk import TopK, TopKSamples
 from lit_explain.compat import callback_state_key
 from lit_explain.data.batch import batch_indices, split_batch
@@ -129,7 +134,10 @@ class WorstSamples(ExplainCallback):
 
     # -- collection --------------------------------------------------------------------------------
     def on_setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        check_explain_settings(type(self).__name__, pl_module, stage, self.layer, self.method)
+        check_explain_method(type(self).__name__, self.method)
+
+    def on_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        check_explain_layers(type(self).__name__, pl_module, self.layer)
 
     def epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._top = {}

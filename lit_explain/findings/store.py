@@ -59,7 +59,9 @@ def read_findings(run_dir: str | Path) -> list[dict[str, Any]]:
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OutputError(f"{path} is not a findings file lit_explain can read ({exc}); move it away") from exc
+        raise OutputError(
+            f"{path} is not a findings file lit_explain can read ({exc}); move it away"
+        ) from exc
     if not isinstance(entries, list):
         raise OutputError(f"{path} is not a JSON list of findings; move it away")
     return entries

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import socket
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,18 @@ _RESERVED = {
 
 
 def _timm() -> Any:
-    """timm, imported on first use: importing it also imports wandb when installed (about 0.7 s), which
-    every ``python -m lit_explain`` command would pay otherwise. lit_explain's own named networks
-    (``timm:resnet10t_half``, see :mod:`lit_explain.models.timm_registry`) register on that first use."""
+    """timm, imported on first use, without the wandb import it would trigger (about 1.2 s).
+
+    ``timm.utils.summary`` imports wandb when it is installed, only for timm's own training scripts; a run
+    that logs to W&B imports wandb itself through Lightning's logger. lit_explain's own named networks
+    (``timm:resnet10t_half``, see :mod:`lit_explain.models.timm_registry`) register on that first use.
+    """
+    if "timm" not in sys.modules and "wandb" not in sys.modules:
+        sys.modules["wandb"] = None  # type: ignore[assignment]  # `import wandb` raises ImportError
+        try:
+            import timm
+        finally:
+            del sys.modules["wandb"]
     import timm
 
     import lit_explain.models.timm_registry  # noqa: F401  (registers its models once, on import)

@@ -10,7 +10,8 @@ Modules:
     grid     panel_grid (captioned grids; text drawn with PIL on thin host strips), panel_pages (the
              same split into pages of bounded height), colorbar
     png      encode_png, save_png (atomic, no-clobber)
-    figures  confusion-matrix / per-class accuracy / confused-pairs figures, figure_to_tensor/png
+    figures  confusion-matrix / per-class accuracy / confused-pairs figures, figure_to_tensor/png, and
+             confusion_matrix_image / per_class_accuracy_images (the card figures redrawn every epoch)
     card     what stays readable on TensorBoard's Images card (320 px of picture at the narrowest)
     tables   confused_pairs_table, name_pairs, markdown_table
 
@@ -28,9 +29,11 @@ from lit_explain.render.figures import (
     ANNOTATE_MAX_CLASSES,
     confused_pairs_figure,
     confusion_matrix_figure,
+    confusion_matrix_image,
     figure_to_png,
     figure_to_tensor,
     per_class_accuracy_figure,
+    per_class_accuracy_images,
     per_class_accuracy_pages,
 )
 from lit_explain.render.grid import RIGHT_COLOR, WRONG_COLOR, CaptionColor, colorbar, panel_grid, panel_pages
@@ -51,6 +54,7 @@ __all__ = [
     "confused_pairs_figure",
     "confused_pairs_table",
     "confusion_matrix_figure",
+    "confusion_matrix_image",
     "denormalize",
     "encode_png",
     "figure_to_png",
@@ -62,6 +66,7 @@ __all__ = [
     "panel_grid",
     "panel_pages",
     "per_class_accuracy_figure",
+    "per_class_accuracy_images",
     "per_class_accuracy_pages",
     "save_png",
     "to_hwc_uint8",

@@ -3,13 +3,22 @@
 Figures are built with the object-oriented API on an Agg canvas (``matplotlib.figure.Figure``),
 never through pyplot, so nothing is registered in pyplot's global figure list, no GUI backend is
 touched and figures are freed like any other object. Global rcParams are never modified.
+
+The callbacks draw the same charts every epoch: :func:`confusion_matrix_image` and
+:func:`per_class_accuracy_images` keep one figure per chart (class names and options) and only refill its
+artists, behind a lock, so they are cheap and safe to call from a background writer thread. The
+``*_figure`` functions build a new figure on every call (for files, reports and custom use).
 """
 
 from __future__ import annotations
 
+import builtins
 import io
 import sys
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,9 +32,11 @@ from lit_explain.render.card import card_font_pt
 __all__ = [
     "confused_pairs_figure",
     "confusion_matrix_figure",
+    "confusion_matrix_image",
     "figure_to_png",
     "figure_to_tensor",
     "per_class_accuracy_figure",
+    "per_class_accuracy_images",
     "per_class_accuracy_pages",
 ]
 
@@ -73,7 +84,8 @@ def confusion_matrix_figure(
     class keeps a labelled tick (small font at 100 classes). With ``card`` (TensorBoard), the figure is
     500 px wide and every label stays at least 11 px tall at TensorBoard's narrowest card; beyond about
     14 classes every k-th class is labelled. The numbers are written into the cells only up to
-    :data:`ANNOTATE_MAX_CLASSES` classes.
+    :data:`ANNOTATE_MAX_CLASSES` classes. Each call makes a new figure; :func:`confusion_matrix_image`
+    redraws one figure per epoch instead (what the callbacks use).
 
     Args:
         cm: ``[C, C]`` counts (torchmetrics' ``MulticlassConfusionMatrix`` layout), any device.
@@ -88,38 +100,114 @@ def confusion_matrix_figure(
         >>> figure_to_tensor(fig).shape[0]
         3
     """
+    m = _matrix(cm)
+    chart = _MatrixChart(
+        m.shape[0], _check_names(class_names, m.shape[0], "cm"), normalize, title, cmap, card
+    )
+    chart.update(m)
+    return chart.figure
+
+
+def _matrix(cm: Tensor) -> np.ndarray:
     m = _host(cm, "cm")
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
         raise ValueError(f"cm must be a square [C, C] matrix, got shape {m.shape}")
-    n = m.shape[0]
-    names = [_short(c, 12 if card else 24) for c in _check_names(class_names, n, "cm")]
-    if normalize:
-        sums = m.sum(axis=1, keepdims=True)
-        m = np.divide(m, sums, out=np.zeros_like(m), where=sums > 0)
-    layout = _card_matrix_layout(n, names) if card else _full_matrix_layout(n, names)
-    fig = _new_figure(*layout["size"])
-    ax = fig.add_subplot()
-    vmax = 1.0 if normalize else max(float(m.max()), 1.0)
-    im = ax.imshow(m, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest", aspect="equal")
-    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, shrink=0.8)
-    bar.ax.tick_params(labelsize=layout["font"])
-    ticks = range(0, n, layout["tick_every"])
-    rotate = n > 8 or (card and max((len(c) for c in names), default=0) > 3)
-    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90 if rotate else 0, ha="center")
-    ax.set_yticks(ticks, [names[i] for i in ticks])
-    ax.tick_params(labelsize=layout["tick_pt"], length=2)
-    ax.set_xlabel("predicted", fontsize=layout["font"])
-    ax.set_ylabel("true", fontsize=layout["font"])
-    ax.set_title(title + (" (row-normalised)" if normalize else ""), fontsize=layout["font"])
-    if layout["cell_pt"]:
-        for i in range(n):
-            for j in range(n):
-                v = m[i, j]
-                txt = f"{v:.2f}" if normalize else f"{v:.0f}" if float(v).is_integer() else f"{v:.2g}"
-                # Light text on the dark half of the colormap, dark text elsewhere.
-                color = "white" if v > 0.6 * vmax else "black"
-                ax.text(j, i, txt, ha="center", va="center", fontsize=layout["cell_pt"], color=color)
-    return fig
+    return m
+
+
+class _MatrixChart:
+    """A confusion-matrix figure whose artists are built once and refilled by :meth:`update`.
+
+    Building the axes, ticks and colour bar and running the constrained layout is most of a figure's
+    cost; refilling the image and the cell texts is cheap. When the layout cannot depend on the numbers
+    (row-normalised: the colour bar is always 0..1), it is computed once and frozen.
+    """
+
+    def __init__(
+        self, n: int, class_names: list[str], normalize: bool, title: str, cmap: str, card: bool
+    ) -> None:
+        names = [_short(c, 12 if card else 24) for c in class_names]
+        layout = _card_matrix_layout(n, names) if card else _full_matrix_layout(n, names)
+        self.normalize = normalize
+        self.figure = fig = _new_figure(*layout["size"])
+        ax = fig.add_subplot()
+        self.image = ax.imshow(
+            np.zeros((n, n)), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="equal"
+        )
+        bar = fig.colorbar(self.image, ax=ax, fraction=0.046, pad=0.02, shrink=0.8)
+        bar.ax.tick_params(labelsize=layout["font"])
+        ticks = range(0, n, layout["tick_every"])
+        rotate = n > 8 or (card and max((len(c) for c in names), default=0) > 3)
+        ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90 if rotate else 0, ha="center")
+        ax.set_yticks(ticks, [names[i] for i in ticks])
+        ax.tick_params(labelsize=layout["tick_pt"], length=2)
+        ax.set_xlabel("predicted", fontsize=layout["font"])
+        ax.set_ylabel("true", fontsize=layout["font"])
+        ax.set_title(title + (" (row-normalised)" if normalize else ""), fontsize=layout["font"])
+        self.cells = [
+            ax.text(j, i, "", ha="center", va="center", fontsize=layout["cell_pt"])
+            for i in range(n)
+            for j in range(n)
+            if layout["cell_pt"]
+        ]
+        self.axes = ax
+        self.background: Any = None  # the pixels of everything that never changes, once drawn
+        if normalize:
+            _freeze_layout(fig)
+        # Where the layout is redone per call (raw counts: the colour bar's labels change), it starts from
+        # the built positions each time: constrained layout's result depends on where it starts from.
+        self.positions = [(a, a.get_position(original=True).frozen()) for a in fig.axes]
+
+    def update(self, m: np.ndarray) -> None:
+        """Show counts ``m`` (``[C, C]``, float64), row-normalised first if the chart is."""
+        if self.normalize:
+            sums = m.sum(axis=1, keepdims=True)
+            m = np.divide(m, sums, out=np.zeros_like(m), where=sums > 0)
+        vmax = 1.0 if self.normalize else max(float(m.max()), 1.0)
+        if self.figure.get_layout_engine() is not None:
+            for axes, position in self.positions:
+                axes.set_position(position, which="both")
+                axes.set_in_layout(True)  # set_position takes an axes out of the layout; it stays in
+        self.image.set_data(m)
+        self.image.set_clim(0.0, vmax)  # the colour bar follows its mappable
+        for text, v in zip(self.cells, m.reshape(-1).tolist(), strict=False):
+            text.set_text(
+                f"{v:.2f}" if self.normalize else f"{v:.0f}" if float(v).is_integer() else f"{v:.2g}"
+            )
+            # Light text on the dark half of the colormap, dark text elsewhere.
+            text.set_color("white" if v > 0.6 * vmax else "black")
+
+    def tensor(self) -> Tensor:
+        """The chart as uint8 ``[3, H, W]``, as :func:`figure_to_tensor` draws it.
+
+        With a frozen layout, the titles, ticks, labels and colour bar never change: they are drawn once
+        and kept as pixels, and each call draws only the matrix image, its frame and the cell texts over
+        them (in the order a full draw uses).
+        """
+        if not self.normalize:
+            return figure_to_tensor(self.figure)
+        canvas = self.figure.canvas
+        changing = [self.image, *self.axes.spines.values(), *self.cells]
+        if self.background is None:
+            for artist in changing:
+                artist.set_animated(True)  # left out of full draws
+            canvas.draw()
+            self.background = canvas.copy_from_bbox(self.figure.bbox)
+        else:
+            canvas.restore_region(self.background)
+            # Refilling the image resets the axes to its pre-aspect box; a full draw would re-apply it.
+            self.axes.apply_aspect()
+        for artist in changing:
+            self.axes.draw_artist(artist)
+        return _rgba_to_tensor(np.asarray(canvas.buffer_rgba()))
+
+
+def _freeze_layout(fig: Figure) -> None:
+    """Run the figure's constrained layout now and keep its result for every later draw."""
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+    fig.set_layout_engine("none")
 
 
 def _full_matrix_layout(n: int, names: list[str]) -> dict:
@@ -189,54 +277,94 @@ def per_class_accuracy_figure(
         >>> fig = per_class_accuracy_figure(torch.rand(10), [f"c{i}" for i in range(10)])
     """
     a = _host(acc, "acc").reshape(-1)
-    n = a.shape[0]
-    names = [_short(c, 16 if card else 24) for c in _check_names(class_names, n, "acc")]
-    order = np.arange(n)
-    if sorted:
-        # NaN sorts last with numpy; stable so equal accuracies keep class order.
-        order = np.argsort(a, kind="stable")
-    a, names = a[order], [names[i] for i in order]
-    valid = ~np.isnan(a)
-    if mean is None:
-        mean = _mean_present(a)
+    names = _check_names(class_names, a.shape[0], "acc")
+    order = np.argsort(a, kind="stable") if sorted else np.arange(a.shape[0])  # NaN sorts last
+    chart = _AccuracyChart(a.shape[0], title, card, layout_names=names)
+    chart.update(a[order], [names[i] for i in order], _mean_present(a) if mean is None else mean)
+    return chart.figure
 
-    longest = max((len(c) for c in names), default=1)
-    if card:
-        label_pt = legend_pt = card_font_pt(CARD_FIGURE_IN)
-        bar_in = 1.35 * label_pt / 72
-        fig = _new_figure(CARD_FIGURE_IN, n * bar_in + 4.5 * label_pt / 72 + 0.3)
-    else:
-        bar_in = float(np.clip(5.0 / max(n, 1), 0.14, 0.35))
-        label_pt, legend_pt = float(np.clip(bar_in * 72 * 0.6, 5.0, 10.0)), 8.0
-        fig = _new_figure(6.5 + 0.05 * longest, n * bar_in + 1.4)
-    ax = fig.add_subplot()
-    y = np.arange(n)
-    shown = np.where(valid, a, 0.0)
-    ax.barh(y, shown, color=_accuracy_colors(shown), height=0.8)
-    ax.set_yticks(y, names)
-    ax.tick_params(axis="y", labelsize=label_pt, length=0)
-    ax.tick_params(axis="x", labelsize=legend_pt if card else None)
-    ax.invert_yaxis()  # first bar (worst when sorted) at the top, like a ranking
-    annotate = n <= 40
-    # Room right of 1.0 for the value labels; ticks stay within the meaningful [0, 1].
-    ax.set_xlim(0.0, 1.1 if annotate else 1.0)
-    ax.set_xticks(np.linspace(0.0, 1.0, 6 if not card else 3))
-    ax.set_ylim(n - 0.5, -0.5)
-    ax.set_xlabel("accuracy", fontsize=legend_pt if card else None)
-    ax.set_title(title, fontsize=legend_pt if card else None)
-    ax.grid(axis="x", alpha=0.3)
-    if np.isfinite(mean):
-        ax.axvline(mean, color="black", linestyle="--", linewidth=1.2, label=f"mean {mean:.3f}")
-        if card:  # a card is narrow: the mean goes into the axis label rather than a legend beside it
-            ax.set_xlabel(f"accuracy (dashed: mean {mean:.3f})", fontsize=legend_pt)
-        else:  # outside the axes so it never hides bars; constrained layout makes room for it
-            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=legend_pt, frameon=False)
-    for yi, v, ok in zip(y, a, valid, strict=True):
-        if annotate or not ok:
-            ax.text(
-                (v if ok else 0.0) + 0.01, yi, f"{v:.2f}" if ok else "n/a", va="center", fontsize=label_pt
+
+class _AccuracyChart:
+    """A per-class accuracy bar chart of ``n`` bars whose bars, labels and texts :meth:`update` refills.
+
+    On a card the layout is computed once, with the longest of ``layout_names`` as tick labels, and
+    frozen: later pages and epochs (other classes in other orders) keep the same margins.
+    """
+
+    def __init__(self, n: int, title: str, card: bool, layout_names: Sequence[str]) -> None:
+        self.card = card
+        limit = 16 if card else 24
+        widest = _sorted_by_length([_short(c, limit) for c in layout_names])[:n]
+        widest += [""] * (n - len(widest))
+        longest = max((len(c) for c in widest), default=1)
+        if card:
+            self.label_pt = legend_pt = card_font_pt(CARD_FIGURE_IN)
+            bar_in = 1.35 * self.label_pt / 72
+            fig = _new_figure(CARD_FIGURE_IN, n * bar_in + 4.5 * self.label_pt / 72 + 0.3)
+        else:
+            bar_in = float(np.clip(5.0 / max(n, 1), 0.14, 0.35))
+            self.label_pt, legend_pt = float(np.clip(bar_in * 72 * 0.6, 5.0, 10.0)), 8.0
+            fig = _new_figure(6.5 + 0.05 * longest, n * bar_in + 1.4)
+        self.figure, self.legend_pt, self.limit = fig, legend_pt, limit
+        self.ax = ax = fig.add_subplot()
+        self.y = np.arange(n)
+        self.bars = ax.barh(self.y, np.zeros(n), color=_accuracy_colors(np.zeros(n)), height=0.8).patches
+        ax.set_yticks(self.y, widest)
+        ax.tick_params(axis="y", labelsize=self.label_pt, length=0)
+        ax.tick_params(axis="x", labelsize=legend_pt if card else None)
+        ax.invert_yaxis()  # first bar (worst when sorted) at the top, like a ranking
+        self.annotate = n <= 40
+        # Room right of 1.0 for the value labels; ticks stay within the meaningful [0, 1].
+        ax.set_xlim(0.0, 1.1 if self.annotate else 1.0)
+        ax.set_xticks(np.linspace(0.0, 1.0, 6 if not card else 3))
+        ax.set_ylim(n - 0.5, -0.5)
+        # On a card the label will hold the mean: lay it out with one (brackets reach lower than letters).
+        ax.set_xlabel(_card_accuracy_label(0.0) if card else "accuracy", fontsize=legend_pt if card else None)
+        # A fixed title height and y-label place: matplotlib would otherwise measure all n tick labels at
+        # every draw to place them (a third of the drawing time), for the same result (no top ticks,
+        # no y label).
+        ax.set_title(title, fontsize=legend_pt if card else None, y=1.0)
+        ax.yaxis.set_label_coords(0.0, 0.5)
+        ax.grid(axis="x", alpha=0.3)
+        self.mean_line = ax.axvline(0.0, color="black", linestyle="--", linewidth=1.2, visible=False)
+        self.values = [ax.text(0.0, yi, "", va="center", fontsize=self.label_pt) for yi in self.y]
+        if card:
+            if self.annotate and n:  # room for the widest value label, "1.00" on a full bar
+                self.values[0].set_position((1.01, 0))
+                self.values[0].set_text("1.00")
+            _freeze_layout(fig)
+
+    def update(self, a: np.ndarray, names: Sequence[str], mean: float) -> None:
+        """Bars for accuracies ``a`` (NaN: no samples) named ``names``, top to bottom, and the ``mean``."""
+        valid = ~np.isnan(a)
+        shown = np.where(valid, a, 0.0)
+        for bar, width, color in zip(self.bars, shown.tolist(), _accuracy_colors(shown), strict=True):
+            bar.set_width(width)
+            bar.set_facecolor(color)
+        self.ax.set_yticks(self.y, [_short(c, self.limit) for c in names])
+        finite = bool(np.isfinite(mean))
+        self.mean_line.set_visible(finite)
+        if finite:
+            self.mean_line.set_xdata([mean, mean])
+            self.mean_line.set_label(f"mean {mean:.3f}")
+        if self.card:  # a card is narrow: the mean goes into the axis label rather than a legend beside it
+            self.ax.set_xlabel(_card_accuracy_label(mean) if finite else "accuracy", fontsize=self.legend_pt)
+        elif finite:  # outside the axes so it never hides bars; constrained layout makes room for it
+            self.ax.legend(
+                loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=self.legend_pt, frameon=False
             )
-    return fig
+        for text, yi, v, ok in zip(self.values, self.y, a.tolist(), valid.tolist(), strict=True):
+            text.set_visible(self.annotate or not ok)
+            text.set_position(((v if ok else 0.0) + 0.01, yi))
+            text.set_text(f"{v:.2f}" if ok else "n/a")
+
+
+def _card_accuracy_label(mean: float) -> str:
+    return f"accuracy (dashed: mean {mean:.3f})"
+
+
+def _sorted_by_length(names: Sequence[str]) -> list[str]:
+    return builtins.sorted(names, key=len, reverse=True)
 
 
 def per_class_accuracy_pages(
@@ -245,27 +373,109 @@ def per_class_accuracy_pages(
     """Per-class accuracy for TensorBoard cards: worst classes first, at most
     :data:`CARD_BARS_PER_PAGE` bars per figure, each with the mean over all classes.
 
+    Every page has the same margins (room for the longest class name). Each call makes new figures;
+    :func:`per_class_accuracy_images` redraws the same figures every epoch instead.
+
     Example:
         >>> pages = per_class_accuracy_pages(torch.rand(100), [f"c{i}" for i in range(100)])
         >>> len(pages)
         2
     """
+    a, names = _accuracies(acc, class_names)
+    charts = _accuracy_page_charts(names, title)
+    _update_pages(charts, a, names)
+    return [chart.figure for chart in charts]
+
+
+def _accuracies(acc: Tensor, class_names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     a = _host(acc, "acc").reshape(-1)
-    names = _check_names(class_names, a.shape[0], "acc")
-    order = np.argsort(a, kind="stable")
+    return a, _check_names(class_names, a.shape[0], "acc")
+
+
+def _page_sizes(n: int) -> list[int]:
+    return [min(CARD_BARS_PER_PAGE, n - i) for i in range(0, n, CARD_BARS_PER_PAGE)] or [0]
+
+
+def _accuracy_page_charts(names: list[str], title: str) -> list[_AccuracyChart]:
+    sizes = _page_sizes(len(names))
+    return [
+        _AccuracyChart(size, title + (f" ({k}/{len(sizes)})" if len(sizes) > 1 else ""), True, names)
+        for k, size in enumerate(sizes, 1)
+    ]
+
+
+def _update_pages(charts: list[_AccuracyChart], a: np.ndarray, names: list[str]) -> None:
+    order = np.argsort(a, kind="stable")  # worst first; NaN (no samples) last
     mean = _mean_present(a)
-    chunks = [order[i : i + CARD_BARS_PER_PAGE] for i in range(0, len(order), CARD_BARS_PER_PAGE)] or [order]
-    pages = []
-    for k, chunk in enumerate(chunks, 1):
-        suffix = f" ({k}/{len(chunks)})" if len(chunks) > 1 else ""
-        page_acc = torch.from_numpy(a[chunk].copy())
-        page_names = [names[i] for i in chunk]
-        pages.append(
-            per_class_accuracy_figure(
-                page_acc, page_names, sorted=False, title=title + suffix, card=True, mean=mean
-            )
-        )
-    return pages
+    for k, chart in enumerate(charts):
+        chunk = order[k * CARD_BARS_PER_PAGE : (k + 1) * CARD_BARS_PER_PAGE]
+        chart.update(a[chunk], [names[i] for i in chunk], mean)
+
+
+# -- one figure per chart, redrawn every epoch ------------------------------------------------------------
+
+_CACHED_CHARTS = 8
+"""How many charts (matrix or page sets) are kept for reuse: a few tags (val/test) of a few runs."""
+_charts: OrderedDict[tuple, Any] = OrderedDict()
+# One chart is one matplotlib figure: two threads must never update or draw it at once.
+_charts_lock = threading.Lock()
+
+
+def _cached_chart(key: tuple, build: Callable[[], Any]) -> Any:
+    chart = _charts.pop(key, None)
+    if chart is None:
+        chart = build()
+    _charts[key] = chart  # most recently used last
+    while len(_charts) > _CACHED_CHARTS:
+        _charts.popitem(last=False)
+    return chart
+
+
+def confusion_matrix_image(
+    cm: Tensor,
+    class_names: Sequence[str],
+    normalize: bool = True,
+    title: str = "Confusion matrix",
+    cmap: str = "Blues",
+) -> Tensor:
+    """The card-sized :func:`confusion_matrix_figure` as a uint8 ``[3, H, W]`` tensor, drawn cheaply.
+
+    The figure for a given (class names, options) is built once and only refilled on later calls, so a
+    callback that logs the matrix every epoch pays for the drawing, not for building the figure (about
+    3x less). The pixels are those of ``figure_to_tensor(confusion_matrix_figure(..., card=True))``.
+    Safe to call from any thread (one figure is drawn by one thread at a time).
+
+    Example:
+        >>> confusion_matrix_image(torch.randint(0, 50, (6, 6)), list("abcdef")).shape
+        torch.Size([3, 462, 500])
+    """
+    m = _matrix(cm)
+    names = _check_names(class_names, m.shape[0], "cm")
+    key = ("matrix", tuple(names), normalize, title, cmap)
+    with _charts_lock:
+        chart = _cached_chart(key, lambda: _MatrixChart(m.shape[0], names, normalize, title, cmap, True))
+        chart.update(m)
+        return chart.tensor()
+
+
+def per_class_accuracy_images(
+    acc: Tensor, class_names: Sequence[str], title: str = "Per-class accuracy"
+) -> list[Tensor]:
+    """:func:`per_class_accuracy_pages` as uint8 ``[3, H, W]`` tensors, one per page, drawn cheaply.
+
+    The pages' figures are built once per (class names, title) and refilled on later calls; the pixels
+    are those of ``[figure_to_tensor(p) for p in per_class_accuracy_pages(...)]``. Safe to call from any
+    thread.
+
+    Example:
+        >>> [p.shape[1] for p in per_class_accuracy_images(torch.rand(60), [f"c{i}" for i in range(60)])]
+        [1329, 354]
+    """
+    a, names = _accuracies(acc, class_names)
+    with _charts_lock:
+        charts = _cached_chart(("accuracy", tuple(names), title), lambda: _accuracy_page_charts(names, title))
+        _update_pages(charts, a, names)
+        return [figure_to_tensor(chart.figure) for chart in charts]
 
 
 def _mean_present(values: np.ndarray) -> float:
@@ -349,12 +559,19 @@ def figure_to_tensor(fig: Figure, close: bool = True) -> Tensor:
         from PIL import Image
 
         rgba = np.asarray(Image.open(io.BytesIO(_savefig_png(fig))).convert("RGBA"))
-    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-    rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-    out = torch.from_numpy(np.ascontiguousarray(rgb.round().astype(np.uint8))).permute(2, 0, 1)
+    out = _rgba_to_tensor(rgba)
     if close:
         _close(fig)
-    return out.contiguous()
+    return out
+
+
+def _rgba_to_tensor(rgba: np.ndarray) -> Tensor:
+    """uint8 ``[H, W, 4]`` -> contiguous uint8 ``[3, H, W]``, composited over white."""
+    if (rgba[..., 3] == 255).all():  # an opaque figure (the usual white background): nothing to composite
+        return torch.from_numpy(rgba[..., :3].transpose(2, 0, 1).copy())
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+    return torch.from_numpy(np.ascontiguousarray(rgb.round().astype(np.uint8).transpose(2, 0, 1)))
 
 
 def _savefig_png(fig: Figure) -> bytes:
