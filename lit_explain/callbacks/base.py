@@ -232,10 +232,10 @@ class ExplainCallback(Callback):
         self._check_writer(trainer)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start(trainer, pl_module)
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start(trainer, pl_module)
+        self._check_writer(trainer)
+        if self.active(trainer):
+            with self.timed(trainer):
+                self.epoch_start(trainer, pl_module)
 
     def on_validation_batch_end(
         self,
@@ -246,30 +246,23 @@ class ExplainCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.active(trainer):
+            with self.timed(trainer):
+                self.batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_end(trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_end(trainer, pl_module)
+        if self.active(trainer):
+            with self.timed(trainer):
+                self.epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._loop_end(trainer)
 
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._loop_end(trainer)
+    # The test loop works exactly like the validation loop (``active`` is always true outside fit).
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_batch_end = on_validation_batch_end
+    on_test_epoch_end = on_validation_epoch_end
+    on_test_end = on_validation_end
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         writer = _WRITERS.get(trainer)
@@ -300,24 +293,6 @@ class ExplainCallback(Callback):
         if writer is not None:
             with self.timed(trainer):
                 writer.check()
-
-    def _epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check_writer(trainer)
-        if self.active(trainer):
-            with self.timed(trainer):
-                self.epoch_start(trainer, pl_module)
-
-    def _batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self.active(trainer):
-            with self.timed(trainer):
-                self.batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def _epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.active(trainer):
-            with self.timed(trainer):
-                self.epoch_end(trainer, pl_module)
 
     def _loop_end(self, trainer: L.Trainer) -> None:
         """Once per epoch (whichever callback comes first): the cost scalar, the loggers' flush, and
