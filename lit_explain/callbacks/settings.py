@@ -58,11 +58,3 @@ def check_explain_layers(owner: str, pl_module: Any, layer: str | list[str] | No
             f"{owner}: layer={layer!r}: {exc} Fix `layer` in the callback's init_args, or leave it unset "
             "for the model's default"
         ) from None
-
-
-def check_explain_settings(
-    owner: str, pl_module: Any, stage: str | None, layer: str | list[str] | None, method: str
-) -> None:
-    """:func:`check_explain_method` and, when the network is built already, :func:`check_explain_layers`."""
-    check_explain_method(owner, method)
-    check_explain_layers(owner, pl_module, layer)

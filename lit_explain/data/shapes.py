@@ -11,6 +11,7 @@ instead of the shape: the shortcut Grad-CAM is meant to reveal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import cv2
@@ -28,6 +29,7 @@ CUE_COLOURS = np.array(
     dtype=np.float32,
 )
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+_NOISE_STREAM = 0x1AB3  # tags the label-noise generator's seed
 Corner = Literal["top_left", "top_right", "bottom_left", "bottom_right"]
 EvalCue = Literal["none", "random"]
 
@@ -141,6 +143,28 @@ def render_shape_sample(
     return image.clip(0, 255).astype(np.uint8), label, obj
 
 
+def flip_labels(labels: Sequence[int], fraction: float, seed: int, num_classes: int) -> dict[int, int]:
+    """Reproducible label noise: ``round(fraction * N)`` samples, each moved to another class at random.
+
+    Returns ``{index: new_label}``; the new label always differs from the old one. A pure function of its
+    arguments, so the flipped indices can be recomputed for evaluation.
+
+    Example:
+        >>> flip_labels([0, 1, 2, 0, 1, 2, 0, 1, 2, 0], fraction=0.2, seed=0, num_classes=3)  # doctest: +SKIP
+        {7: 0, 2: 1}
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"data.label_noise must be in [0, 1), got {fraction}")
+    count = round(fraction * len(labels))
+    if count == 0 or num_classes < 2:
+        return {}
+    # A stream of its own (tagged), so the flips never share draws with the samples themselves.
+    rng = np.random.default_rng([seed, _NOISE_STREAM])
+    chosen = rng.choice(len(labels), size=count, replace=False)
+    shifts = rng.integers(1, num_classes, size=count)
+    return {int(i): int((labels[i] + s) % num_classes) for i, s in zip(chosen, shifts, strict=True)}
+
+
 class ShapesDataset(Dataset):
     """One split of the synthetic shapes data; samples are dicts ``{"image", "label", "mask", "index"}``.
 
@@ -163,8 +187,11 @@ class ShapesDataset(Dataset):
         corner: Corner = "top_left",
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.25, 0.25, 0.25),
+        label_overrides: dict[int, int] | None = None,
     ) -> None:
         self.length, self.split, self.seed = length, split, seed
+        # Flipped labels ({index: label}, see flip_labels); the images stay exactly as drawn.
+        self.label_overrides = dict(label_overrides or {})
         self.image_size, self.noise = image_size, noise
         self.cue, self.cue_probability, self.corner = cue, cue_probability, corner
         self._mean = torch.tensor(mean).view(3, 1, 1)
@@ -191,10 +218,19 @@ class ShapesDataset(Dataset):
                 cue_probability=self.cue_probability,
                 corner=self.corner,
             )
+            if index in self.label_overrides:
+                image, _, mask = self._cache[index]
+                self._cache[index] = (image, self.label_overrides[index], mask)
         return self._cache[index]
 
     def label(self, index: int) -> int:
         """The label of a sample without drawing it (the label is the generator's first draw)."""
+        if index in self.label_overrides:
+            return self.label_overrides[index]
+        return self.drawn_label(index)
+
+    def drawn_label(self, index: int) -> int:
+        """The label the sample was drawn with, before any flip."""
         return int(
             np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index]).integers(len(SHAPE_NAMES))
         )
@@ -223,6 +259,9 @@ class ShapesDataModule(ExplainableDataModule):
         eval_cue: what val/test show in the corner: ``"none"`` (no patch) or ``"random"`` (a patch in a
             random class's colour, uncorrelated with the label, which exposes a model that learned the cue).
         corner: where the patch goes.
+        label_noise: fraction of TRAINING labels moved to another class (0 = none), to see the label-issue
+            finder (:class:`~lit_explain.callbacks.TrainingDynamics`) at work; val/test keep true labels.
+        label_noise_seed: which samples are flipped and to what; :meth:`flipped_indices` says which.
         batch_size, num_workers, pin_memory: loader settings.
 
     Example:
@@ -247,6 +286,8 @@ class ShapesDataModule(ExplainableDataModule):
         cue_probability: float = 1.0,
         eval_cue: EvalCue = "none",
         corner: Corner = "top_left",
+        label_noise: float = 0.0,
+        label_noise_seed: int = 0,
         batch_size: int = 64,
         num_workers: Workers = 0,
         pin_memory: bool = False,
@@ -261,6 +302,8 @@ class ShapesDataModule(ExplainableDataModule):
                 raise ConfigError(f"data.{name} must be >= 1, got {value}")
         if not 0.0 <= cue_probability <= 1.0:
             raise ConfigError(f"data.cue_probability must be in [0, 1], got {cue_probability}")
+        if not 0.0 <= label_noise < 1.0:
+            raise ConfigError(f"data.label_noise must be in [0, 1), got {label_noise}")
         self.save_hyperparameters()
         self.class_names = list(SHAPE_NAMES)
         self.mean = (0.5, 0.5, 0.5)
@@ -286,7 +329,26 @@ class ShapesDataModule(ExplainableDataModule):
             corner=hp.corner,
             mean=self.mean,
             std=self.std,
+            label_overrides=self.label_flips() if split == "train" else None,
         )
+
+    def label_flips(self) -> dict[int, int]:
+        """``{index: flipped label}`` of the training split (empty without ``label_noise``)."""
+        if not self.hparams.get("label_noise"):
+            return {}
+        hp = self.hparams
+        clean = ShapesDataset(self.sizes["train"], "train", seed=hp.seed, image_size=hp.image_size)
+        drawn = [clean.drawn_label(i) for i in range(len(clean))]
+        return flip_labels(drawn, hp.label_noise, hp.get("label_noise_seed", 0), len(self.class_names))
+
+    def flipped_indices(self) -> torch.Tensor:
+        """Sorted training indices whose label ``label_noise`` changed (int64), for evaluating a finder.
+
+        Example:
+            >>> ShapesDataModule(train_size=100, label_noise=0.1).flipped_indices().numel()
+            10
+        """
+        return torch.tensor(sorted(self.label_flips()), dtype=torch.long)
 
     def split_labels(self, split: str) -> torch.Tensor:
         data = self.dataset(split)

@@ -288,7 +288,12 @@ class ImageClassifier(L.LightningModule):
             logits, labels, label_smoothing=self.hparams.label_smoothing, reduction=reduction
         )
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The loss, plus the step's logits (detached) for callbacks that learn from training dynamics.
+
+        Returning the logits costs nothing (they exist already) and changes no gradient: Lightning
+        back-propagates ``"loss"`` only, so training is bit-identical to returning the loss alone.
+        """
         images, labels = split_batch(batch)
         logits = self(images)
         # MixUp/CutMix batches carry label probabilities [B, C]; cross-entropy takes them as they are and
@@ -297,7 +302,7 @@ class ImageClassifier(L.LightningModule):
         self.train_acc(logits, labels.argmax(dim=1) if labels.is_floating_point() else labels)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        return loss
+        return {"loss": loss, "logits": logits.detach()}
 
     def _eval_step(self, batch: Any, stage: str) -> dict[str, torch.Tensor]:
         images, labels = split_batch(batch)

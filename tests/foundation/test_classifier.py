@@ -128,8 +128,8 @@ def test_training_step_accepts_mixed_soft_labels():
     model.log = lambda *args, **kwargs: None  # no trainer attached
     images = torch.randn(3, 3, 32, 32)
     soft = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.4, 0.6]])
-    loss = model.training_step({"image": images, "label": soft}, 0)
-    hard = model.training_step({"image": images, "label": torch.tensor([0, 1, 3])}, 0)
+    loss = model.training_step({"image": images, "label": soft}, 0)["loss"]
+    hard = model.training_step({"image": images, "label": torch.tensor([0, 1, 3])}, 0)["loss"]
     # Independently: cross-entropy against the smoothed distribution q = (1 - eps) * target + eps / C.
     with torch.no_grad():
         log_p = model(images).log_softmax(dim=1)  # train mode, batch statistics: the same logits as the step
