@@ -10,11 +10,13 @@ from typing import Any
 
 # The module, not its functions: tests replace source.load_model to watch the order of work.
 from lit_explain.audit import source
+from lit_explain.audit.label_issues import label_issues_csv, missing_message
 from lit_explain.audit.options import AuditOptions, default_output
 from lit_explain.audit.progress import training_progress
 from lit_explain.audit.run import run_audit
 from lit_explain.audit.source import CheckpointFile
 from lit_explain.data.base import ExplainableDataModule
+from lit_explain.errors import ConfigError
 from lit_explain.inference.explainer import resolve_device
 from lit_explain.outputs import AtomicReportDir, locked_report
 
@@ -64,7 +66,14 @@ def audit_checkpoint(
         source.check_fits(model, datamodule, ckpt_path)
         extra = {**options.extra, **_provenance(ckpt, model, datamodule, spec)}
         options = dataclasses.replace(options, extra=extra)
-        return run_audit(model, datamodule, output, options, device=device)
+        return run_audit(
+            model,
+            datamodule,
+            output,
+            options,
+            device=device,
+            label_issues=label_issues_path(ckpt_path, options),
+        )
 
 
 def _provenance(
@@ -93,3 +102,13 @@ def _provenance(
         "data": data,
         "training_progress": training_progress(ckpt.contents or {}, ckpt.path),
     }
+
+
+def label_issues_path(ckpt_path: str | Path, options: AuditOptions) -> Path | None:
+    """The training run's ``label_issues.csv`` when ``--label_issues`` asks for it (one line when absent)."""
+    if not options.label_issues:
+        return None
+    path = label_issues_csv(ckpt_path)
+    if path is None:
+        raise ConfigError(missing_message(ckpt_path))
+    return path

@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from lit_explain.audit.label_issues import label_issues_html
 from lit_explain.outputs import json_safe
 
 
@@ -22,6 +23,7 @@ def summary_text(report: Mapping[str, Any]) -> str:
     cal, att = report["calibration"], report["attention"]
     lines = [
         "lit_explain audit",
+        *[f"FINDING [{f['severity'].upper()}] {f['message']}" for f in report.get("findings", [])],
         f"checkpoint: {report.get('checkpoint', '(in-memory model)')}",
         f"split: {report['split']}  samples: {report['num_samples']}  classes: {report['num_classes']}",
         f"accuracy: {_fmt(report['accuracy'], '.4f')}  mean loss: {_fmt(report['mean_loss'], '.4f')}",
@@ -84,6 +86,13 @@ def summary_text(report: Mapping[str, Any]) -> str:
             f"  hottest 3x3 region: {g['hot_cell']} holds the peak of {g['peak_share']:.0%} of maps"
             + (" -> FLAGGED as a fixed-region shortcut" if g["flagged"] else "")
         )
+    shortcut = report.get("shortcut") or {}
+    if "score" in shortcut:
+        verdict = "FIRES" if shortcut["fires"] else "does not fire"
+        lines.append(
+            f"  shortcut test on {shortcut['samples']} images: score {shortcut['score']:.2f} -> {verdict} "
+            f"(threshold {shortcut['threshold']}; densest region {shortcut['where']} {shortcut['region']})"
+        )
     lines += ["", "Recommendations:"]
     lines += [f"  - [{x['severity']}] {x['message']}" for x in report["recommendations"]]
     if "timing" in report:
@@ -102,7 +111,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;col
 header{background:#243447;color:#fff;padding:12px 20px}header h1{margin:0;font-size:20px}
 main{padding:16px 20px;max-width:1400px}section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:12px 16px;margin-bottom:16px}
 h2{font-size:16px;margin:4px 0 10px}table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #e5e8ec;padding:3px 8px;text-align:left}
-th{cursor:pointer;background:#f0f2f5}.num{text-align:right;font-variant-numeric:tabular-nums}.high{color:#b42318}.medium{color:#b54708}.low,.info{color:#475467}
+th{cursor:pointer;background:#f0f2f5}.num{text-align:right;font-variant-numeric:tabular-nums}.high,.critical{color:#b42318}.medium,.warning{color:#b54708}.low,.info{color:#475467}
 img{max-width:100%;border:1px solid #dde1e6}.row{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}.card{flex:1 1 420px}
 #tooltip{position:fixed;pointer-events:none;background:#1d2430;color:#fff;padding:6px 8px;border-radius:4px;font-size:12px;display:none;white-space:pre}
 select,button{font-size:14px;padding:3px 6px}.bar:hover{opacity:.75}
@@ -256,6 +265,24 @@ if (report.compare) {
 """
 
 
+def _findings_section(report: Mapping[str, Any]) -> str:
+    """The findings (a shortcut), above everything else, with the picture of the region; empty without any."""
+    findings = report.get("findings") or []
+    if not findings:
+        return ""
+    items = "".join(
+        f'<li class="{_html.escape(f["severity"])}">{_html.escape(f["message"])}</li>' for f in findings
+    )
+    picture = (report.get("shortcut") or {}).get("picture")
+    image = (
+        f'<img id="shortcut-picture" src="{_html.escape(picture)}" alt="the shortcut region over sample images" '
+        'style="max-width:420px">'
+        if picture
+        else ""
+    )
+    return f'<section id="findings"><h2>Findings</h2><ul>{items}</ul>{image}</section>'
+
+
 def index_page(report: Mapping[str, Any]) -> str:
     """index.html: summary, recommendations, figures, and a class selector showing that class's numbers and panels."""
     return f"""<!DOCTYPE html>
@@ -263,8 +290,10 @@ def index_page(report: Mapping[str, Any]) -> str:
 <title>lit_explain audit ({_html.escape(report["split"])})</title><style>{_CSS}</style></head>
 <body><header><h1>lit_explain audit &mdash; {_html.escape(str(report.get("checkpoint", "in-memory model")))}</h1></header>
 <main>
+{_findings_section(report)}
 <section><h2>Summary</h2><div id="summary"></div></section>
 <section><h2>Recommendations</h2><ol id="recommendations"></ol></section>
+{label_issues_html(report.get("label_issues"))}
 <section><h2>Class</h2>
 <label for="class-select">Class </label><select id="class-select"></select>
 <button id="prev" type="button">&larr;</button><button id="next" type="button">&rarr;</button>

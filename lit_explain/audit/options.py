@@ -11,7 +11,15 @@ from lit_explain.errors import ConfigError
 from lit_explain.explain import METHODS
 
 # How many samples, pairs and panels the report shows (0 is allowed: none).
-COUNTS = ("best_per_class", "worst_per_class", "top_pairs", "pair_panels", "pair_examples", "probe_per_class")
+COUNTS = (
+    "best_per_class",
+    "worst_per_class",
+    "top_pairs",
+    "pair_panels",
+    "pair_examples",
+    "probe_per_class",
+    "label_issues_top",
+)
 
 
 @dataclass
@@ -41,6 +49,8 @@ class AuditOptions:
         progress: show progress bars
         overwrite: replace an earlier audit report at the output
         compare_to: another audit report to compare with
+        label_issues: include the training run's label_issues.csv (TrainingDynamics), top rows explained
+        label_issues_top: rows of label_issues.csv shown with their images
         extra: provenance written into report.json (not a flag)
 
     Example:
@@ -66,6 +76,8 @@ class AuditOptions:
     progress: bool = True
     overwrite: bool = False
     compare_to: str | None = None
+    label_issues: bool = False
+    label_issues_top: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -315,6 +315,21 @@ def _attention_off_object_text(e: Evidence, report: Mapping[str, Any]) -> tuple[
     )
 
 
+def _shortcut(report: Mapping[str, Any]) -> Evidence | None:
+    """The shortcut test (lit_explain.findings.shortcut) fired on the audited split: see report["shortcut"]."""
+    shortcut = report.get("shortcut") or {}
+    if not shortcut.get("fires"):
+        return None
+    keys = ("score", "threshold", "where", "region", "share", "classes", "follow", "control_follow")
+    keys += ("occlusion_drop", "control_drop", "own_drop", "samples", "picture", "statement", "advice")
+    return {k: shortcut[k] for k in keys if k in shortcut}
+
+
+def _shortcut_text(e: Evidence, report: Mapping[str, Any]) -> tuple[str, str]:
+    picture = f" (the region over a few images: {e['picture']})" if e.get("picture") else ""
+    return e["statement"] + picture, e["advice"]
+
+
 def _fixed_region(report: Mapping[str, Any]) -> Evidence | None:
     region = report["attention"].get("fixed_region", {})
     if not region.get("flagged"):
@@ -591,7 +606,17 @@ def _overfitting_text(e: Evidence, report: Mapping[str, Any]) -> tuple[str, str]
 
 
 RULES: tuple[Rule, ...] = (
-    # Preconditions first, in the order they are listed when several fire.
+    # A shortcut first, whatever else fires: it explains an accuracy at chance on a split without the cue,
+    # and every other number describes a model that reads the wrong region.
+    Rule(
+        "shortcut",
+        "high",
+        _shortcut,
+        _shortcut_text,
+        lambda e: {"near_chance": DEMOTE},
+        lambda e: f"the model decides from a shortcut in the {e['where']}",
+    ),
+    # Preconditions next, in the order they are listed when several fire.
     Rule(
         "near_chance",
         "high",
@@ -705,6 +730,8 @@ def _demoted(rec: dict[str, Any], reasons: Reasons) -> dict[str, Any]:
 
 def _order(rec: Mapping[str, Any]) -> tuple[int, int]:
     """Preconditions that still stand first (in table order), then the rest worst first, held-back last."""
+    if rec["rule"] == "shortcut":
+        return (-1, 0)
     if rec["severity"] == "info":
         return (2, 0)
     if rec["rule"] in PRECONDITIONS:

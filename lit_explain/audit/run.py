@@ -30,6 +30,7 @@ from lit_explain.audit.attention import (
     sample_stats,
     thumbnails,
 )
+from lit_explain.audit.label_issues import label_issues_section, read_label_issues
 from lit_explain.audit.options import AuditOptions, default_output, resolve_classes
 from lit_explain.audit.report import REPORT_FILE, SCHEMA_VERSION, panel_rows, save_panel
 from lit_explain.audit.samples import sample_source
@@ -40,9 +41,11 @@ from lit_explain.audit.selection import (
     select_class_samples,
     select_pairs,
 )
+from lit_explain.audit.shortcut import shortcut_check
 from lit_explain.audit.stats import StatsStore, aggregate, calibration, mean, per_class
 from lit_explain.audit.sweep import SweepResult, sweep
 from lit_explain.audit.writing import write_mean_map, write_probe, write_report_files
+from lit_explain.callbacks.settings import explain_layers
 from lit_explain.data.base import ExplainableDataModule
 from lit_explain.data.batch import batch_masks, split_batch
 from lit_explain.errors import ConfigError
@@ -72,6 +75,8 @@ class _Audit:
     head: str | None
     timing: dict[str, float]
     result: SweepResult | None = None
+    shortcut_layers: str | list[str] | None = None  # the layers the training-time ShortcutAlarm explains
+    label_issues: Path | None = None  # the training run's label_issues.csv, shown with its top rows
 
     @property
     def device(self) -> torch.device:
@@ -119,6 +124,7 @@ def run_audit(
     class_names: Sequence[str] | None = None,
     device: torch.device | str | None = None,
     head: str | None = None,
+    label_issues: str | Path | None = None,
 ) -> dict[str, Any]:
     """Audit ``model`` on a split of ``datamodule`` and write the report directory ``output``.
 
@@ -143,6 +149,8 @@ def run_audit(
         net, datamodule.dataset(options.split), options.split, str(root) if root is not None else None,
         datamodule.mean, datamodule.std, options, names, resolve_classes(options.classes, names), head, {},
     )  # fmt: skip
+    audit.shortcut_layers = explain_layers(model, options.layer)
+    audit.label_issues = Path(label_issues) if label_issues is not None else None
     t0 = time.perf_counter()
     target = AtomicReportDir(output, overwrite=options.overwrite, kind="audit")
     with target as tmp:
@@ -201,6 +209,13 @@ def _audit_into(
     _timed(audit, "explain_render_s", t)
 
     t = time.perf_counter()
+    shortcut = shortcut_check(
+        audit.net, datamodule, audit.split, tmp,
+        layers=audit.shortcut_layers, names=audit.names, mean=audit.mean, std=audit.std,
+    )  # fmt: skip
+    _timed(audit, "shortcut_s", t)
+
+    t = time.perf_counter()
     faith, randomisation = _attention_quality(audit, probe[: options.quality_samples], shown.layer)
     _timed(audit, "attention_quality_s", t)
 
@@ -219,7 +234,14 @@ def _audit_into(
         "fixed_region": fixed_region(thumbs, result.labels[pos], audit.classes),
         "mean_map_file": write_mean_map(tmp, thumbs),
     }
-    report = _report(audit, selections, pairs, shown, by_class, attention, settings)
+    report = _report(audit, selections, pairs, shown, by_class, attention, settings, shortcut)
+    if audit.label_issues is not None:
+        rows, counts = read_label_issues(audit.label_issues, options.label_issues_top)
+        report["label_issues"] = label_issues_section(
+            tmp, audit.net, datamodule, audit.label_issues, rows, counts,
+            class_names=audit.names, layer=shown.layer or options.layer, method=options.method,
+            device=audit.device,
+        )  # fmt: skip
     if options.compare_to:
         from lit_explain.audit.compare import compare_reports
 
@@ -419,6 +441,7 @@ def _report(
     by_class: dict[int, dict[str, Any]],
     attention: dict[str, Any],
     settings: dict[str, Any],
+    shortcut: dict[str, Any],
 ) -> dict[str, Any]:
     result = audit.result
     classes = per_class(result, audit.classes, audit.names)
@@ -433,6 +456,8 @@ def _report(
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        # Findings first (the findings.json schema): a shortcut makes every number below suspect.
+        "findings": [shortcut["finding"]] if shortcut.get("finding") else [],
         "split": audit.split,
         "num_samples": len(result),
         "num_classes": len(audit.names),
@@ -445,6 +470,7 @@ def _report(
         "confused_pairs": _pair_rows(audit, pairs, shown, cal["errors"]),
         "confusion_matrix": result.confusion_matrix().tolist(),
         "attention": attention,
+        "shortcut": shortcut,
         "training_settings": settings,
         **audit.options.extra,
     }

@@ -104,3 +104,44 @@ def test_a_training_split_that_is_not_the_csvs_shows_no_images(tmp_path: Path) -
     section = label_issues_section(tmp_path, _net(), dm, path, renamed, counts)
     assert section["pages"] == [] and "do not match" in section["note"]
     assert "do not match" in label_issues_html(section)
+
+
+def test_audit_label_issues_through_the_command_line(tmp_path: Path, shapes_checkpoint: Path) -> None:
+    import json
+    import shutil
+
+    from lit_explain.audit.cli import main
+
+    # The layout a fit leaves: <run>/checkpoints/last.ckpt and <run>/label_issues.csv.
+    run = tmp_path / "run" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    shutil.copy(shapes_checkpoint, ckpt)
+    dm = ShapesDataModule(train_size=256, val_size=64, test_size=64, batch_size=32)
+    torch.manual_seed(0)
+    stats = dyn.stats_from_logits(torch.randn(2, 256, 6), dm.split_labels("train"))
+    table = dyn.label_issue_table(stats, [f"idx {i}" for i in range(256)], dm.class_names, "late_aum")
+    fast = [
+        "--quality_samples",
+        "4",
+        "--faithfulness_steps",
+        "3",
+        "--progress",
+        "false",
+        "--max_samples",
+        "64",
+    ]
+    argv = ["--ckpt_path", str(ckpt), "--label_issues", "true", "--label_issues_top", "4", *fast]
+
+    # Without the run's table: one line, exit 2, nothing written.
+    assert main([*argv, "--output", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()
+
+    write_csv(run / LABEL_ISSUES_FILE, table.rows, dyn.CSV_COLUMNS)
+    out = tmp_path / "report"
+    assert main([*argv, "--output", str(out)]) == 0
+    section = json.loads((out / "report.json").read_text())["label_issues"]
+    assert section["total"] == 256 and [r["rank"] for r in section["rows"]] == [1, 2, 3, 4]
+    assert section["pages"] and all((out / page).is_file() for page in section["pages"])
+    page = (out / "index.html").read_text()
+    assert 'id="label-issues"' in page and f"idx {section['rows'][0]['index']}" in page

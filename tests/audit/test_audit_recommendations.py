@@ -105,6 +105,26 @@ def near_chance(report: dict) -> None:
 
 # rule -> (how to make it fire, text its message must contain)
 FIRING = {
+    "shortcut": (
+        lambda r: r.update(
+            shortcut={
+                "fires": True,
+                "score": 0.97,
+                "threshold": 0.15,
+                "where": "top-left corner",
+                "region": [0, 0, 10, 16],
+                "share": 0.98,
+                "classes": 6,
+                "follow": 0.98,
+                "control_follow": 0.0,
+                "samples": 48,
+                "picture": "shortcut_region.png",
+                "statement": "Shortcut: the model decides from the top-left corner (x 0-10, y 0-16 of 64x64 px)",
+                "advice": "Look at what your training images have in the top-left corner; crop or mask it.",
+            }
+        ),
+        "the model decides from the top-left corner (x 0-10, y 0-16 of 64x64 px)",
+    ),
     "near_chance": (
         near_chance,
         "accuracy 0.520 on 1000 samples is less than 2 standard errors (0.016) above chance 0.500 (1/2 classes)",

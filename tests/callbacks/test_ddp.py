@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import subprocess
@@ -59,3 +60,7 @@ def test_ddp_fit_logs_each_grid_once_per_epoch_with_samples_from_both_ranks(tmp_
         assert {rank for _, rank in rows} == {"0", "1"}
         # DistributedSampler without shuffling deals dataset index i to rank i % 2.
         assert all(int(index) % 2 == int(rank) for index, rank in rows)
+    # TrainingDynamics counted every training sample once per epoch, from both ranks.
+    with (log_dir / "label_issues.csv").open() as handle:
+        issues = list(csv.DictReader(handle))
+    assert len(issues) == 64 and {r["seen"] for r in issues} == {str(EPOCHS)}

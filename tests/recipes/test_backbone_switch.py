@@ -19,7 +19,13 @@ import yaml
 from recipe_helpers import PLANT_CLASSES, plant_image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_explain.callbacks import ConfusionMatrix, ProbeHeatmaps, WorstSamples
+from lit_explain.callbacks import (
+    ConfusionMatrix,
+    ProbeHeatmaps,
+    ShortcutAlarm,
+    TrainingDynamics,
+    WorstSamples,
+)
 from lit_explain.cli import LitExplainCLI, main, recipe_path
 from lit_explain.errors import ConfigError
 from lit_explain.models import ImageClassifier, build_backbone, timm_backbones
@@ -158,11 +164,13 @@ def _callbacks(tmp_path: Path, *args: str) -> list:
 
 
 def test_explain_false_drops_the_explanation_callbacks(tmp_path: Path) -> None:
-    explained = (ProbeHeatmaps, WorstSamples, ConfusionMatrix)
+    explained = (ProbeHeatmaps, WorstSamples, ConfusionMatrix, ShortcutAlarm, TrainingDynamics)
     default = _callbacks(tmp_path)
     assert sorted(type(c).__name__ for c in default if isinstance(c, explained)) == [
         "ConfusionMatrix",
         "ProbeHeatmaps",
+        "ShortcutAlarm",
+        "TrainingDynamics",
         "WorstSamples",
     ]
     off = _callbacks(tmp_path, "--explain=false")
@@ -175,10 +183,11 @@ def test_explain_false_drops_the_explanation_callbacks(tmp_path: Path) -> None:
 
 def test_explain_every_n_epochs_thins_them(tmp_path: Path) -> None:
     callbacks = _callbacks(tmp_path, "--explain.every_n_epochs=3")
-    assert {
-        type(c).__name__: c.every_n_epochs for c in callbacks if isinstance(c, (ProbeHeatmaps, WorstSamples))
-    } == {
+    thinned = (ProbeHeatmaps, WorstSamples, ShortcutAlarm, TrainingDynamics)
+    assert {type(c).__name__: c.every_n_epochs for c in callbacks if isinstance(c, thinned)} == {
         "ProbeHeatmaps": 3,
+        "ShortcutAlarm": 3,
+        "TrainingDynamics": 3,
         "WorstSamples": 3,
     }
     assert any(isinstance(c, ConfusionMatrix) for c in callbacks)  # cheap: stays every epoch
