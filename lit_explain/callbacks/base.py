@@ -5,6 +5,7 @@ setup, counts the time spent on the training thread, and hands rendering to the 
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 import weakref
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
@@ -114,12 +116,33 @@ _EPOCH_DONE: weakref.WeakKeyDictionary[L.Trainer, tuple[Any, ...]] = weakref.Wea
 _FIT_REPORTED: weakref.WeakSet[L.Trainer] = weakref.WeakSet()
 
 
+# LIT_EXPLAIN_WRITER=thread|inline overrides the choice below.
+WRITER_ENV = "LIT_EXPLAIN_WRITER"
+
+
 def writer_for(trainer: L.Trainer) -> BackgroundWriter:
     """The trainer's background writer (one per trainer; only the logging rank ever creates one)."""
     writer = _WRITERS.get(trainer)
     if writer is None:
-        writer = _WRITERS[trainer] = BackgroundWriter()
+        writer = _WRITERS[trainer] = BackgroundWriter(inline=not background_pays_off(trainer))
     return writer
+
+
+def background_pays_off(trainer: L.Trainer) -> bool:
+    """Whether a writer thread takes work off training rather than slowing it.
+
+    Yes when the model trains on an accelerator (the CPU is free while the device computes) or when the
+    CPU has a core the training's threads do not use; no when every core trains (measured on 2 cores:
+    epochs 1.40x with the thread, see docs/benchmarks.md, "Callbacks"). ``LIT_EXPLAIN_WRITER`` =
+    ``thread`` or ``inline`` decides instead.
+    """
+    forced = os.environ.get(WRITER_ENV, "").strip().lower()
+    if forced in ("thread", "inline"):
+        return forced == "thread"
+    if trainer.strategy.root_device.type != "cpu":
+        return True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores > torch.get_num_threads()
 
 
 class ExplainCallback(Callback):
@@ -272,7 +295,8 @@ class ExplainCallback(Callback):
             _FIT_REPORTED.add(trainer)
             account = cost_account(trainer)
             background = writer.stats.background_s if writer is not None else 0.0
-            rank_zero_info(cost_line(account.total_s, account.fit_seconds(), background))
+            inline = writer is not None and writer.inline
+            rank_zero_info(cost_line(account.total_s, account.fit_seconds(), background, inline=inline))
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

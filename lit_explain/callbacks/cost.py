@@ -71,14 +71,22 @@ def cost_account(trainer: L.Trainer) -> CostAccount:
     return account
 
 
-def cost_line(training_thread_s: float, fit_s: float | None, background_s: float) -> str:
-    """The end-of-fit summary.
+def cost_line(
+    training_thread_s: float, fit_s: float | None, background_s: float, inline: bool = False
+) -> str:
+    """The end-of-fit summary; ``inline``: the pictures were drawn on the training thread (no spare core).
 
     Example:
         >>> cost_line(1.25, 50.0, 3.5)
         'explainability: 1.2 s on the training thread (2.5% of training), 3.5 s in the background'
+        >>> cost_line(1.25, 50.0, 0.0, inline=True)
+        'explainability: 1.2 s on the training thread (2.5% of training; pictures drawn there too: no spare CPU core)'
     """
-    share = f" ({100 * training_thread_s / fit_s:.1f}% of training)" if fit_s else ""
+    share = f"{100 * training_thread_s / fit_s:.1f}% of training" if fit_s else ""
+    if inline:
+        where = "; ".join(x for x in (share, "pictures drawn there too: no spare CPU core") if x)
+        return f"explainability: {training_thread_s:.1f} s on the training thread ({where})"
+    share = f" ({share})" if share else ""
     return (
         f"explainability: {training_thread_s:.1f} s on the training thread{share}, "
         f"{background_s:.1f} s in the background"

@@ -110,12 +110,17 @@ class BackgroundWriter:
 
     Args:
         max_pending_epochs: how many epochs of jobs may wait before the oldest waiting epoch is dropped.
+        inline: run each job at once on the submitting thread instead (no worker thread). On a CPU whose
+            cores all train, a worker thread slows training more than the work it takes over: its Python
+            (PIL, matplotlib) holds the GIL between the training thread's many short operations, and its
+            C work makes one of the training's OpenMP threads a straggler (docs/benchmarks.md, "Callbacks").
     """
 
-    def __init__(self, max_pending_epochs: int = DEFAULT_PENDING_EPOCHS) -> None:
+    def __init__(self, max_pending_epochs: int = DEFAULT_PENDING_EPOCHS, inline: bool = False) -> None:
         if max_pending_epochs < 1:
             raise ValueError(f"max_pending_epochs must be >= 1, got {max_pending_epochs}")
         self.max_pending_epochs = max_pending_epochs
+        self.inline = inline
         self.stats = WriterStats()
         self._queue: collections.deque[_Job] = collections.deque()
         self._deferred: collections.deque[Callable[[], None]] = collections.deque()
@@ -131,8 +136,20 @@ class BackgroundWriter:
     def submit(
         self, sinks: Sequence[Sink], step: int, epoch: int, job: Callable[[StepLog], None], what: str
     ) -> None:
-        """Queue ``job`` to run on the worker with a :class:`StepLog` at ``step``; returns at once."""
+        """Queue ``job`` to run on the worker with a :class:`StepLog` at ``step``; returns at once.
+
+        Inline (see the class), the job runs now and its error is raised here.
+        """
         self.check()
+        if self.inline:
+            item = _Job(job, list(sinks), int(step), int(epoch), what)
+            try:
+                self._run(item)
+            except Exception as exc:
+                raise WriterError(f"writing {what} failed: {exc}") from exc
+            self.stats.jobs += 1
+            self.drain()
+            return
         with self._cond:
             if self._closed:
                 raise RuntimeError("the background writer is closed")

@@ -126,6 +126,36 @@ def test_trackers_that_are_not_thread_safe_are_written_from_the_training_thread(
     writer.close()
 
 
+def test_an_inline_writer_runs_each_job_at_once_and_raises_its_error_there() -> None:
+    sink, writer = RecordingSink(), BackgroundWriter(inline=True)
+    writer.submit([sink], step=5, epoch=0, job=_image_job("explain/probes"), what="probes")
+    assert [c[1:3] for c in sink.calls] == [("explain/probes", 5)]  # written before submit returned
+    assert sink.calls[0][3] == threading.get_ident()
+
+    def broken(log) -> None:
+        raise ValueError("no page")
+
+    with pytest.raises(WriterError, match=r"probes.*no page"):
+        writer.submit([sink], step=6, epoch=1, job=broken, what="probes")
+
+
+def test_the_writer_is_inline_exactly_when_no_core_is_spare(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from lit_explain.callbacks.base import background_pays_off
+
+    cpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    monkeypatch.delenv("LIT_EXPLAIN_WRITER", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(2)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not background_pays_off(cpu) and background_pays_off(gpu)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert background_pays_off(cpu)
+    monkeypatch.setenv("LIT_EXPLAIN_WRITER", "inline")
+    assert not background_pays_off(gpu)
+
+
 def test_host_copies_of_cpu_tensors_are_plain_tensors() -> None:
     maps = torch.rand(2, 1, 4, 4)
     host = to_host(maps=maps, guided=None).get()
@@ -155,6 +185,7 @@ def test_a_failing_picture_fails_the_fit_and_the_cost_is_reported(tmp_path, monk
             limit_val_batches=2,
         )
 
+    monkeypatch.setenv("LIT_EXPLAIN_WRITER", "thread")  # this machine may have no spare core
     with caplog.at_level(logging.INFO):
         fitted = trainer(tmp_path / "ok")
         fitted.fit(ImageClassifier("resnet18"), datamodule=tiny_datamodule())
@@ -169,5 +200,6 @@ def test_a_failing_picture_fails_the_fit_and_the_cost_is_reported(tmp_path, monk
         raise RuntimeError("renderer exploded")
 
     monkeypatch.setattr(worst_module, "render_pages", broken)
+    monkeypatch.setenv("LIT_EXPLAIN_WRITER", "inline")  # the error surfaces in the other mode too
     with pytest.raises(WriterError, match=r"worst samples.*renderer exploded"):
         trainer(tmp_path / "broken").fit(ImageClassifier("resnet18"), datamodule=tiny_datamodule())
