@@ -5,31 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from torch import nn
+from colour_net import ColourNet, corner_mask
 
 from lit_explain.audit.run import run_audit
 from lit_explain.data import ShapesDataModule
-from lit_explain.data.shapes import CUE_COLOURS
-
-
-class ColourNet(nn.Module):
-    """Nearest cue colour through a 1x1 conv over the pixels ``mask`` keeps (the bottom-right stamp, or all)."""
-
-    def __init__(self, corner_only: bool) -> None:
-        super().__init__()
-        colours = (torch.tensor(CUE_COLOURS) / 255 - 0.5) / 0.25  # in the data module's normalisation
-        self.conv = nn.Conv2d(3, len(colours), 1)
-        with torch.no_grad():
-            self.conv.weight.copy_(colours[:, :, None, None])
-            self.conv.bias.copy_(-0.5 * (colours**2).sum(1))
-        mask = torch.zeros(64, 64) if corner_only else torch.ones(64, 64)
-        if corner_only:
-            mask[-9:-1, -9:-1] = 1.0
-        self.register_buffer("mask", mask)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.conv(x) * self.mask).sum(dim=(-1, -2)) / self.mask.sum()
 
 
 def audit(tmp_path: Path, audit_options, corner_only: bool) -> Path:
@@ -38,7 +17,9 @@ def audit(tmp_path: Path, audit_options, corner_only: bool) -> Path:
     )
     dm.setup("fit")
     out = tmp_path / "report"
-    run_audit(ColourNet(corner_only), dm, out, audit_options(layer="conv", method="layercam"))
+    run_audit(
+        ColourNet(corner_mask(64, corner_only)), dm, out, audit_options(layer="conv", method="layercam")
+    )
     return out
 
 

@@ -13,8 +13,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from colour_net import ColourNet, corner_mask
 from lightning.pytorch.loggers import CSVLogger
-from torch import nn
 from torch.utils.data import Dataset
 
 from lit_explain.callbacks import ShortcutAlarm
@@ -26,26 +26,6 @@ from lit_explain.findings import read_findings
 from lit_explain.models import ImageClassifier
 
 
-class ColourNet(nn.Module):
-    """Nearest class colour (the shapes' cue colours), read through a 1x1 conv from the pixels ``mask`` keeps.
-
-    With the bottom-right 8x8 box as mask it reads the corner stamp only: an exact shortcut, whose LayerCAM
-    at ``conv`` is non-zero only there. With the whole image as mask it reads every pixel: no shortcut.
-    """
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        super().__init__()
-        colours = (torch.tensor(CUE_COLOURS) / 255 - 0.5) / 0.25  # in the data module's normalisation
-        self.conv = nn.Conv2d(3, len(colours), 1)
-        with torch.no_grad():
-            self.conv.weight.copy_(colours[:, :, None, None])
-            self.conv.bias.copy_(-0.5 * (colours**2).sum(1))
-        self.register_buffer("mask", mask)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.conv(x) * self.mask).sum(dim=(-1, -2)) / self.mask.sum()
-
-
 class Handmade(L.LightningModule):
     """The least a model needs for the alarm: ``net``, ``default_explain_layers`` and the usual steps."""
 
@@ -53,10 +33,7 @@ class Handmade(L.LightningModule):
 
     def __init__(self, corner_only: bool) -> None:
         super().__init__()
-        mask = torch.zeros(64, 64) if corner_only else torch.ones(64, 64)
-        if corner_only:
-            mask[-9:-1, -9:-1] = 1.0
-        self.net = ColourNet(mask)
+        self.net = ColourNet(corner_mask(64, corner_only))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
