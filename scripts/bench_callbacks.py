@@ -210,7 +210,9 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
         (with_cb if on else without).extend(run["epochs"][1:])
         if on:
             share_rows.append(run)
-        print(f"fit {n} {'with' if on else 'without'}: epochs {', '.join(f'{t:.2f}' for t in run['epochs'])} s")
+        print(
+            f"fit {n} {'with' if on else 'without'}: epochs {', '.join(f'{t:.2f}' for t in run['epochs'])} s"
+        )
     callback_s = sum(sum(r["callback_s"].values()) for r in share_rows)
     training_s = sum(r["training_s"] for r in share_rows)
     per_callback = {

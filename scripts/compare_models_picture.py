@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from lit_explain.render.pages import METHOD_LABELS
 from lit_explain.data import ShapesDataModule
 from lit_explain.explain import METHODS, attention_rollout, cam, is_rollout_method, pointing_game
 from lit_explain.models import classifier_from_checkpoint
 from lit_explain.render import denormalize, overlay, panel_grid, save_png
+from lit_explain.render.pages import METHOD_LABELS
 
 PAPER_TOLERANCE_PX, PAPER_IMAGE_PX = 15, 224
 

@@ -79,7 +79,7 @@ def test_a_checkpoint_is_read_once_per_audit(shapes_checkpoint: Path, tmp_path: 
         loads.append(args[0])
         return real_load(*args, **kwargs)
 
-    def fake_run_audit(model, datamodule, output, options, device=None):
+    def fake_run_audit(model, datamodule, output, options, device=None, label_issues=None):
         return {"path": str(output), "extra": options.extra}
 
     monkeypatch.setattr(torch, "load", counting_load)

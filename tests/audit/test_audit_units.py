@@ -35,7 +35,7 @@ def test_audit_device_rule_is_explains_and_options_are_left_alone(
 ) -> None:
     seen = {}
 
-    def fake_run_audit(model, datamodule, output, options, device=None):
+    def fake_run_audit(model, datamodule, output, options, device=None, label_issues=None):
         seen.update(device=device, param_device=str(next(model.parameters()).device), options=options)
         return {"path": str(output)}
 

@@ -214,8 +214,8 @@ def test_worst_samples_every_n_epochs() -> None:
     def trainer(epoch: int, fn: str = "fit", sanity: bool = False) -> SimpleNamespace:
         return SimpleNamespace(current_epoch=epoch, sanity_checking=sanity, state=SimpleNamespace(fn=fn))
 
-    assert [callback._skips(trainer(e)) for e in range(4)] == [True, False, True, False]
-    assert not callback._skips(trainer(0, fn="validate")) and callback._skips(trainer(1, sanity=True))
+    assert [callback.active(trainer(e)) for e in range(4)] == [False, True, False, True]
+    assert callback.active(trainer(0, fn="validate")) and not callback.active(trainer(1, sanity=True))
     with pytest.raises(ConfigError, match=r"^WorstSamples: every_n_epochs must be >= 1, got 0$"):
         WorstSamples(every_n_epochs=0)
 
