@@ -43,7 +43,7 @@ from lit_explain.findings.dynamics import (
 from lit_explain.outputs import write_csv
 from lit_explain.render import colorbar, overlay, panel_pages
 from lit_explain.render.card import MAX_PAGE_PX
-from lit_explain.render.cartography import cartography_image
+from lit_explain.render.cartography import CartographyCanvas
 from lit_explain.render.pages import display_images, page_tags, readable_font_px
 from lit_explain.runs import run_folder
 from lit_explain.sinks import Table
@@ -197,6 +197,7 @@ class TrainingDynamics(ExplainCallback):
         self._sources: list[str] | None = None
         self._ranked_at: tuple[int, int] | None = None
         self._warned: set[str] = set()
+        self._canvas: CartographyCanvas | None = None  # built at the first picture, redrawn every epoch
 
     @property
     def state_key(self) -> str:
@@ -353,7 +354,10 @@ class TrainingDynamics(ExplainCallback):
             "cam_method": self.cam_method,
         }
         carto_host = (carto.confidence, carto.variability, carto.correctness, flagged)
-        self.submit(trainer, lambda log: _write(log, host, carto_host, meta), "label issues")
+        if self._canvas is None:
+            self._canvas = CartographyCanvas()
+        canvas = self._canvas
+        self.submit(trainer, lambda log: _write(log, host, carto_host, meta, canvas), "label issues")
 
     def _explain_top(
         self, trainer: L.Trainer, pl_module: L.LightningModule, indices: Sequence[int]
@@ -465,12 +469,16 @@ def _class_names(pl_module: L.LightningModule) -> list[str] | None:
 
 
 def _write(
-    log: StepLog, host: HostTensors, carto: tuple[Tensor, Tensor, Tensor, Tensor], meta: dict[str, Any]
+    log: StepLog,
+    host: HostTensors,
+    carto: tuple[Tensor, Tensor, Tensor, Tensor],
+    meta: dict[str, Any],
+    canvas: CartographyCanvas,
 ) -> None:
     """On the background writer: the cartography picture, the top images with their CAMs, the table."""
     tag = meta["tag"]
     title = f"Dataset Cartography after epoch {meta['epoch']} ({meta['flagged']} of {meta['total']} flagged)"
-    log.image(f"{tag}/cartography", cartography_image(*carto, title=title), caption=title)
+    log.image(f"{tag}/cartography", canvas.image(*carto, title=title), caption=title)
     rows = meta["rows"]
     log.table(
         f"{tag}/table",

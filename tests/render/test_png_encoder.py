@@ -11,6 +11,17 @@ from PIL import Image
 from torchvision.io import decode_png
 
 from lit_explain.render import encode_png
+from lit_explain.render import png as png_module
+
+
+@pytest.fixture(params=["zlib", "isal"])
+def deflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both deflate back ends: zlib (always there) and ISA-L (the optional ``fast-png`` extra)."""
+    if request.param == "zlib":
+        monkeypatch.setattr(png_module, "_ISAL", None)
+    elif png_module._ISAL is None:
+        pytest.skip("isal is not installed (pip install 'lit_explain[fast-png]')")
+    return request.param
 
 
 def _pixels(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -24,7 +35,9 @@ def _pixels(shape: tuple[int, ...], seed: int) -> np.ndarray:
 @pytest.mark.parametrize("channels", [1, 3, 4])
 @pytest.mark.parametrize("size", [(1, 1), (1, 7), (9, 1), (33, 65)])
 @pytest.mark.parametrize("level", [0, 1, 9])
-def test_png_decodes_to_the_same_pixels(channels: int, size: tuple[int, int], level: int) -> None:
+def test_png_decodes_to_the_same_pixels(
+    channels: int, size: tuple[int, int], level: int, deflater: str
+) -> None:
     pixels = _pixels((*size, max(channels, 1)), seed=channels * 100 + size[0])
     pixels = pixels[..., 0] if channels == 1 else pixels[..., :channels]
     data = encode_png(pixels, compress_level=level)
@@ -48,3 +61,15 @@ def test_png_of_a_uint8_tensor_round_trips() -> None:
 def test_png_refuses_bad_levels() -> None:
     with pytest.raises(ValueError, match="compress_level"):
         encode_png(torch.zeros(3, 2, 2), compress_level=10)
+
+
+def test_isal_is_used_where_installed_and_level_zero_stays_stored() -> None:
+    if png_module._ISAL is None:
+        pytest.skip("isal is not installed (pip install 'lit_explain[fast-png]')")
+    data = np.random.default_rng(0).integers(0, 256, size=300_000, dtype=np.uint8).tobytes()
+    from isal import isal_zlib
+
+    assert png_module.deflate(data, 1) == isal_zlib.compress(data, 1)
+    assert png_module.deflate(data, 6) == isal_zlib.compress(data, 2)
+    # Level 0 asks for no compression: zlib's stored blocks, bigger than the input.
+    assert len(png_module.deflate(data, 0)) > len(data)
