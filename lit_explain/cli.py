@@ -294,4 +294,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LitExplainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError) as exc:
+        # jsonargparse instantiates the data module and model inside its own type checks and reports our
+        # error as "Does not validate against any of the Union subtypes" with a namespace dump: say ours.
+        ours = _our_error(exc)
+        if ours is None:
+            raise
+        print(f"error: {ours}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _our_error(exc: BaseException) -> LitExplainError | None:
+    """The lit_explain error that caused ``exc``, following ``__cause__``/``__context__``, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LitExplainError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -126,6 +126,7 @@ class ImageClassifier(L.LightningModule):
         # The checkpoint whose hyperparameters built this model (set by the CLI for --ckpt_path).
         self.checkpoint_source: str | None = None
         self.net: nn.Module | None = None
+        self._default_layers: tuple[tuple, list[str]] | None = None  # (network and input, answer)
         self._resume_schedule_state: dict[str, Any] | None = None
         if num_classes is not None or class_names is not None:
             self._build()
@@ -274,7 +275,12 @@ class ImageClassifier(L.LightningModule):
         """
         if self.net is None:
             raise ConfigError("the network is built in setup(); default_explain_layers needs it built first")
-        return default_explain_layers(self.net, self.hparams.in_channels or 3, self.hparams.input_size)
+        # Asked by every callback at its start and epochs; a ResNet's answer costs a probe forward (~0.1 s on a
+        # CPU), and it only changes with the network or its input.
+        key = (id(self.net), self.hparams.in_channels or 3, tuple(self.hparams.input_size or ()))
+        if self._default_layers is None or self._default_layers[0] != key:
+            self._default_layers = (key, default_explain_layers(self.net, key[1], self.hparams.input_size))
+        return list(self._default_layers[1])
 
     # -- steps ------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:

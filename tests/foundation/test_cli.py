@@ -49,6 +49,21 @@ def test_bad_backbone_names_the_valid_choices(capsys):
     assert "resnet19" in err and "resnet18" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ("--data.init_args.label_noise=1.5", "data.label_noise must be in [0, 1), got 1.5"),
+        ("--data.init_args.cue_probability=2", "cue_probability"),
+    ],
+)
+def test_a_bad_data_setting_is_one_line_not_a_namespace_dump(capsys, option, named):
+    # jsonargparse builds the data module inside its type checks and wraps our error in its own.
+    assert main(["fit", option, "--trainer.fast_dev_run=true", "--trainer.logger=false"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Namespace(" not in err and "Union subtypes" not in err
+    assert err.count("\n") == 1
+
+
 def test_num_classes_mismatch_is_reported(capsys, tmp_path):
     code = main(
         [

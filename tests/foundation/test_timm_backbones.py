@@ -188,6 +188,28 @@ def test_default_explanation_layers_follow_the_backbone() -> None:
     assert default_explain_layers(vgg, 3, [64, 64]) == ["features"]
 
 
+def test_default_explanation_layers_are_measured_once_per_network_and_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every callback asks at every start; the probe forward runs once until the network or input changes."""
+    from lit_explain.models import classifier as classifier_module
+
+    calls: list[tuple] = []
+
+    def counting(net: torch.nn.Module, in_channels: int, input_size: object) -> list[str]:
+        calls.append((id(net), input_size))
+        return default_explain_layers(net, in_channels, input_size)
+
+    monkeypatch.setattr(classifier_module, "default_explain_layers", counting)
+    model = ImageClassifier("resnet18", num_classes=3, input_size=[64, 64])
+    answers = [model.default_explain_layers for _ in range(4)]
+    assert answers == [["layer1", "layer2"]] * 4 and len(calls) == 1
+    answers[0].append("mutated")  # a caller's list is its own
+    assert model.default_explain_layers == ["layer1", "layer2"]
+    model.hparams.input_size = [224, 224]
+    assert model.default_explain_layers == ["layer4"] and len(calls) == 2
+
+
 def test_checkpoint_and_export_round_trip(tmp_path: Path) -> None:
     """hyper_parameters alone rebuild a timm model; the exported plain file loads back too."""
     from lit_explain.models import classifier_from_checkpoint, load_classifier
