@@ -13,17 +13,21 @@ artists, behind a lock, so they are cheap and safe to call from a background wri
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties, findfont
 from torch import Tensor
 
 from lit_explain.render._common import as_tensor
@@ -54,6 +58,127 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
     fig = Figure(figsize=(width_in, height_in), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+class _GlyphRecorder:
+    """Stands in for a renderer's rasteriser while one string is drawn: passes every call through and
+    keeps a copy of each glyph image blended (``draw_text_image``), so the string can be replayed."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.calls: list[tuple[np.ndarray, int, int, float]] = []
+        self.complete = True  # False once anything but a plain glyph image went through
+
+    def draw_text_image(self, image: Any, x: Any, y: Any, angle: Any, gc: Any) -> Any:
+        if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 2:
+            # Copied: matplotlib may hand over a view of FreeType's buffer, reused for the next glyph.
+            self.calls.append((image.copy(), x, y, angle))
+        else:  # e.g. older matplotlib passes the whole FT2Font: not replayable here
+            self.complete = False
+        return self.target.draw_text_image(image, x, y, angle, gc)
+
+    def __getattr__(self, name: str) -> Any:
+        self.complete = False  # the string drew something else too (boxes of mathtext, ...)
+        return getattr(self.target, name)
+
+
+class _TextReplay:
+    """Draws strings an Agg renderer has drawn before by replaying their glyph images.
+
+    matplotlib lays out and rasterises every glyph of every string at each draw (FreeType, about 0.7 ms
+    for a 4-character label): most of a reused chart's drawing time. What reaches the pixels is a list
+    of glyph images, each blended at an integer pixel position with the text's colour and clip
+    (``draw_text_image(image, x, y, angle, gc)``). That list depends only on the string, the font, the
+    exact position, the angle, antialiasing and the canvas geometry, which make the key; the colour and
+    clip come from the graphics context at replay. So a replay blends the very same images at the very
+    same places: the pixels are those of a normal draw. Strings that draw anything else (mathtext boxes)
+    are never cached.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        # Bounded, least recently used dropped first: a chart's labels and cell numbers recur over epochs,
+        # but the numbers are not a closed set.
+        self.capacity = capacity
+        self.strings: OrderedDict[tuple, list[tuple[np.ndarray, int, int, float]]] = OrderedDict()
+
+    @contextmanager
+    def installed(self, renderer: RendererAgg) -> Iterator[None]:
+        """Route ``renderer.draw_text`` through the cache while the block runs (this renderer only)."""
+        if not hasattr(getattr(renderer, "_renderer", None), "draw_text_image"):
+            yield  # a matplotlib whose Agg renderer is laid out otherwise: draw as usual
+            return
+        renderer.draw_text = functools.partial(self.draw_text, renderer)  # shadows the class's method
+        try:
+            yield
+        finally:
+            del renderer.draw_text
+
+    def draw_text(self, renderer: RendererAgg, gc: Any, *args: Any, **kwargs: Any) -> None:
+        """``RendererAgg.draw_text(gc, x, y, s, prop, angle, ismath=False, mtext=None)``, replayed when
+        this string was drawn at this place before."""
+        key = _text_key(renderer, gc, *args, **kwargs)
+        calls = None if key is None else self.strings.get(key)
+        if calls is not None:
+            self.strings.move_to_end(key)
+            raster = renderer._renderer
+            for image, x, y, angle in calls:
+                raster.draw_text_image(image, x, y, angle, gc)
+            return
+        if key is None:
+            RendererAgg.draw_text(renderer, gc, *args, **kwargs)
+            return
+        recorder = _GlyphRecorder(renderer._renderer)
+        renderer._renderer = recorder
+        try:
+            RendererAgg.draw_text(renderer, gc, *args, **kwargs)
+        finally:
+            renderer._renderer = recorder.target
+        if recorder.complete:
+            self.strings[key] = recorder.calls
+            while len(self.strings) > self.capacity:
+                self.strings.popitem(last=False)
+
+
+def _text_key(
+    renderer: RendererAgg,
+    gc: Any,
+    x: float,
+    y: float,
+    s: str,
+    prop: Any,
+    angle: float,
+    ismath: Any = False,
+    mtext: Any = None,
+) -> tuple | None:
+    """Everything a plain string's glyph images depend on; None for what is never cached (mathtext)."""
+    if ismath or not isinstance(prop, FontProperties) or not isinstance(s, str):
+        return None
+    rc = matplotlib.rcParams
+    font = (
+        findfont(prop),  # the font file the family resolves to under the current rcParams
+        tuple(prop.get_family()),
+        prop.get_style(),
+        prop.get_variant(),
+        prop.get_weight(),
+        prop.get_stretch(),
+        prop.get_size_in_points(),
+    )
+    shaping = None
+    if mtext is not None:  # OpenType features and language (matplotlib >= 3.10) change the glyphs
+        shaping = tuple(
+            _hashable(getattr(mtext, name, _none)()) for name in ("get_fontfeatures", "get_language")
+        )
+    hinting = (rc["text.hinting"], rc["text.hinting_factor"], rc["text.kerning_factor"])
+    place = (float(x), float(y), float(angle), renderer.width, renderer.height, renderer.dpi)
+    return (s, font, place, gc.get_antialiased(), shaping, hinting)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _none() -> None:
+    return None
 
 
 def _short(name: str, limit: int = 24) -> str:
@@ -152,6 +277,7 @@ class _MatrixChart:
         ]
         self.axes = ax
         self.background: Any = None  # the pixels of everything that never changes, once drawn
+        self.replay = _TextReplay()
         if normalize:
             _freeze_layout(fig)
         # Where the layout is redone per call (raw counts: the colour bar's labels change), it starts from
@@ -184,9 +310,15 @@ class _MatrixChart:
         and kept as pixels, and each call draws only the matrix image, its frame and the cell texts over
         them (in the order a full draw uses).
         """
-        if not self.normalize:
-            return figure_to_tensor(self.figure)
         canvas = self.figure.canvas
+        with self.replay.installed(canvas.get_renderer()):
+            if not self.normalize:
+                canvas.draw()
+            else:
+                self._blit(canvas)
+        return _rgba_to_tensor(np.asarray(canvas.buffer_rgba()))
+
+    def _blit(self, canvas: FigureCanvasAgg) -> None:
         changing = [self.image, *self.axes.spines.values(), *self.cells]
         if self.background is None:
             for artist in changing:
@@ -199,7 +331,6 @@ class _MatrixChart:
             self.axes.apply_aspect()
         for artist in changing:
             self.axes.draw_artist(artist)
-        return _rgba_to_tensor(np.asarray(canvas.buffer_rgba()))
 
 
 def _freeze_layout(fig: Figure) -> None:
@@ -328,11 +459,20 @@ class _AccuracyChart:
         ax.grid(axis="x", alpha=0.3)
         self.mean_line = ax.axvline(0.0, color="black", linestyle="--", linewidth=1.2, visible=False)
         self.values = [ax.text(0.0, yi, "", va="center", fontsize=self.label_pt) for yi in self.y]
+        self.replay = _TextReplay()
         if card:
             if self.annotate and n:  # room for the widest value label, "1.00" on a full bar
                 self.values[0].set_position((1.01, 0))
                 self.values[0].set_text("1.00")
             _freeze_layout(fig)
+
+    def tensor(self) -> Tensor:
+        """The chart as uint8 ``[3, H, W]``, as :func:`figure_to_tensor` draws it (strings drawn before
+        are replayed rather than rasterised again)."""
+        canvas = self.figure.canvas
+        with self.replay.installed(canvas.get_renderer()):
+            canvas.draw()
+        return _rgba_to_tensor(np.asarray(canvas.buffer_rgba()))
 
     def update(self, a: np.ndarray, names: Sequence[str], mean: float) -> None:
         """Bars for accuracies ``a`` (NaN: no samples) named ``names``, top to bottom, and the ``mean``."""
@@ -475,7 +615,7 @@ def per_class_accuracy_images(
     with _charts_lock:
         charts = _cached_chart(("accuracy", tuple(names), title), lambda: _accuracy_page_charts(names, title))
         _update_pages(charts, a, names)
-        return [figure_to_tensor(chart.figure) for chart in charts]
+        return [chart.tensor() for chart in charts]
 
 
 def _mean_present(values: np.ndarray) -> float:

@@ -9,7 +9,11 @@ from lit_explain.render.cartography import CartographyCanvas, cartography_image
 
 def _samples(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    conf, var, corr = torch.rand(n, generator=g), torch.rand(n, generator=g) * 0.45, torch.rand(n, generator=g)
+    conf, var, corr = (
+        torch.rand(n, generator=g),
+        torch.rand(n, generator=g) * 0.45,
+        torch.rand(n, generator=g),
+    )
     conf[:3] = float("nan")  # samples not seen yet are left out
     return conf, var, corr, conf < 0.15
 
