@@ -20,6 +20,7 @@ from lit_explain.callbacks.settings import (
     explain_layers,
     explained_net,
 )
+from lit_explain.callbacks.shared_maps import remember
 from lit_explain.compat import callback_state_key
 from lit_explain.data.batch import split_batch
 from lit_explain.errors import ConfigError
@@ -209,6 +210,8 @@ class ProbeHeatmaps(ExplainCallback):
         explained = explain_predictions(
             explained_net(pl_module), images, labels, layer=layer, method=self.method
         )
+        # ShortcutAlarm explains the same sample in every recipe: it takes these maps instead.
+        remember(trainer, images, layer, self.method, explained.pred_maps, explained.logits)
         maps = explained.pred_maps if self.scalar_target == "pred" else explained.true_maps
         scalars = self._scalars(trainer, maps, batch.get("mask"))
         self.log_scalars(trainer, scalars)

@@ -17,6 +17,7 @@ from lit_explain.callbacks.settings import (
     explain_layers,
     explained_net,
 )
+from lit_explain.callbacks.shared_maps import recall, remember
 from lit_explain.data.batch import split_batch
 from lit_explain.errors import ConfigError
 from lit_explain.findings import record_findings
@@ -125,7 +126,12 @@ class ShortcutAlarm(ExplainCallback):
             return
         images = sample[0].to(pl_module.device)
         net = explained_net(pl_module)
-        maps, logits = predicted_maps(net, images, explain_layers(pl_module, self.layer), self.method)
+        layers = explain_layers(pl_module, self.layer)
+        shared = recall(trainer, images, layers, self.method)  # ProbeHeatmaps' maps of the same images
+        if shared is None:
+            shared = predicted_maps(net, images, layers, self.method)
+            remember(trainer, images, layers, self.method, *shared)
+        maps, logits = shared
         preds = logits.argmax(1)
         evidence = shortcut_test(
             net, images, maps, preds, controls=self.controls, occlusion=False, gate=self.threshold

@@ -357,7 +357,8 @@ def label_issue_table(
     carto = cartography(stats)
     margin, late = aum(stats), late_aum(stats)
     suggested = suggested_labels(stats)
-    order = [int(i) for i in ranking(score) if stats.count[i] > 0]
+    ranked = ranking(score)
+    order = ranked[stats.count[ranked] > 0].tolist()
     mean = stats.mean_probs()
     what = {"aum": "AUM", "late_aum": "late-weighted AUM", "confidence": "mean confidence"}[method]
     if threshold is None and mean is not None:
@@ -373,25 +374,39 @@ def label_issue_table(
     def name(c: int) -> str | int:
         return names[c] if names is not None and 0 <= c < len(names) else c
 
-    rows = []
-    for rank, i in enumerate(order, start=1):
-        rows.append(
-            {
-                "rank": rank,
-                "index": i,
-                "source": sources[i] if i < len(sources) else f"idx {i}",
-                "given_label": name(int(stats.label[i])),
-                "suggested_label": name(int(suggested[i])),
-                "score": round(float(score[i]), 6),
-                "flagged": int(rank <= n_flagged),
-                "aum": round(float(margin[i]), 6),
-                "late_aum": round(float(late[i]), 6),
-                "confidence": round(float(carto.confidence[i]), 6),
-                "variability": round(float(carto.variability[i]), 6),
-                "correctness": round(float(carto.correctness[i]), 6),
-                "seen": int(stats.count[i]),
-            }
+    # Whole columns to Python numbers at once: indexing tensors per row costs ~50 us a value (0.25 s for 5,000
+    # samples on every epoch end, on the training thread).
+    index = torch.tensor(order, dtype=torch.long)
+    columns = {
+        key: [round(v, 6) for v in values[index].tolist()]
+        for key, values in (
+            ("score", score),
+            ("aum", margin),
+            ("late_aum", late),
+            ("confidence", carto.confidence),
+            ("variability", carto.variability),
+            ("correctness", carto.correctness),
         )
+    }
+    given, suggestion, seen = (t[index].tolist() for t in (stats.label, suggested, stats.count))
+    rows = [
+        {
+            "rank": rank,
+            "index": i,
+            "source": sources[i] if i < len(sources) else f"idx {i}",
+            "given_label": name(int(given[row])),
+            "suggested_label": name(int(suggestion[row])),
+            "score": columns["score"][row],
+            "flagged": int(rank <= n_flagged),
+            "aum": columns["aum"][row],
+            "late_aum": columns["late_aum"][row],
+            "confidence": columns["confidence"][row],
+            "variability": columns["variability"][row],
+            "correctness": columns["correctness"][row],
+            "seen": int(seen[row]),
+        }
+        for row, (rank, i) in enumerate(enumerate(order, start=1))
+    ]
     return LabelIssueTable(rows=rows, flagged=n_flagged, method=method, rule=rule)
 
 
