@@ -196,17 +196,59 @@ def draw_strips(
     _, top, _, bottom = fnt.getbbox("Ag|")
     y_offset = (band - (bottom - top)) / 2 - top
     margin = 2
+    replay = isinstance(fnt, ImageFont.FreeTypeFont)
     for s, boxes in enumerate(strips):
         for box in boxes:
             for i, line in enumerate(box.text.split("\n")):
-                text = fit_text(line, fnt, box.width - 2 * margin)
+                text = _fitted(line, font_size, box.width - 2 * margin)
                 if not text:
                     continue
                 x = box.x + margin
                 if box.align == "center":
-                    x = box.x + (box.width - fnt.getlength(text)) / 2
+                    x = box.x + (box.width - _length(text, font_size)) / 2
                 elif box.align == "right":
-                    x = box.x + box.width - margin - fnt.getlength(text)
+                    x = box.x + box.width - margin - _length(text, font_size)
                 y = s * height + i * band + y_offset
-                draw.text((round(x), round(y)), text, fill=box.color, font=fnt)
+                if replay:
+                    _paste_line(canvas, (round(x), round(y)), text, font_size, box.color)
+                else:  # pragma: no cover - Pillow built without FreeType
+                    draw.text((round(x), round(y)), text, fill=box.color, font=fnt)
     return np.array(canvas).reshape(len(strips), height, width, 3)
+
+
+# Captions recur from epoch to epoch (probe names, file names, class names, many of the numbers), and
+# FreeType's rasterising is most of a page's drawing time: each line is fitted and rasterised once.
+_LINES = 4096
+
+
+@functools.lru_cache(maxsize=_LINES)
+def _fitted(line: str, font_size: int, max_width: float) -> str:
+    return fit_text(line, font(font_size), max_width)
+
+
+@functools.lru_cache(maxsize=_LINES)
+def _length(text: str, font_size: int) -> float:
+    return font(font_size).getlength(text)
+
+
+@functools.lru_cache(maxsize=_LINES)
+def _line_mask(text: str, font_size: int) -> tuple[Image.Image, int, int]:
+    """The line's coverage as an "L" image and where its top-left sits from the drawing origin.
+
+    ``ImageDraw.text`` blends the font's coverage mask with the fill colour at the origin plus the
+    mask's offset; pasting the colour through the same mask at the same place (``Image.paste``) is the
+    same blend, so the pixels are those of ``draw.text``.
+    """
+    fnt = font(font_size)
+    left, top, right, bottom = (int(v) for v in fnt.getbbox(text))
+    mask = Image.new("L", (max(right - left, 0), max(bottom - top, 0)), 0)
+    ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=fnt)
+    return mask, left, top
+
+
+def _paste_line(
+    canvas: Image.Image, xy: tuple[int, int], text: str, font_size: int, color: tuple[int, int, int]
+) -> None:
+    mask, left, top = _line_mask(text, font_size)
+    if mask.width and mask.height:
+        canvas.paste(color, (xy[0] + left, xy[1] + top), mask)

@@ -94,3 +94,44 @@ def test_worst_sample_pages_draw_the_loss_whole(monkeypatch):
     (second,) = [t for t in drawn if "·" in t and "worst" not in t]  # the caption's second line
     assert re.search(r"(?<![\d.])1\.23?4?5?$", second), drawn  # the loss ends the line, whole or rounded
     assert "0.88" in second or "0.9" in second, drawn
+
+
+def _drawn_by_pil(strips, width, height, font_size, background, line_height=None):
+    """draw_strips as ``ImageDraw.text`` draws every line (the reference the cached lines must match)."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", (width, height * len(strips)), background)
+    draw, fnt = ImageDraw.Draw(canvas), font(font_size)
+    band = line_height or height
+    _, top, _, bottom = fnt.getbbox("Ag|")
+    y_offset = (band - (bottom - top)) / 2 - top
+    for s, boxes in enumerate(strips):
+        for box in boxes:
+            for i, line in enumerate(box.text.split("\n")):
+                text = fit_text(line, fnt, box.width - 4)
+                if not text:
+                    continue
+                x = box.x + 2
+                if box.align == "center":
+                    x = box.x + (box.width - fnt.getlength(text)) / 2
+                elif box.align == "right":
+                    x = box.x + box.width - 2 - fnt.getlength(text)
+                y = s * height + i * band + y_offset
+                draw.text((round(x), round(y)), text, fill=box.color, font=fnt)
+    return torch.from_numpy(__import__("numpy").array(canvas)).reshape(len(strips), height, width, 3)
+
+
+def test_cached_caption_lines_draw_the_pixels_pil_draws() -> None:
+    strips = [
+        [
+            _text.TextBox(f"probe {n} · idx {n * 37}\n{PREDICTION}", 0, 160, color=(20 * n, 0, 200)),
+            _text.TextBox(WORST if n % 2 else "jgpq ✓ 0.93", 160, 120, align="center"),
+            _text.TextBox("1.00", 280, 40, color=(255, 255, 255), align="right"),
+        ]
+        for n in range(6)
+    ]
+    for _ in range(2):  # rasterised, then from the cache
+        for size, height, line in ((11, 30, 15), (16, 18, None)):
+            got = _text.draw_strips(strips, 320, height, size, (240, 240, 240), line_height=line)
+            want = _drawn_by_pil(strips, 320, height, size, (240, 240, 240), line_height=line)
+            assert torch.equal(torch.from_numpy(got), want)
