@@ -38,7 +38,7 @@ from lit_explain.explain._common import (
 )
 from lit_explain.explain.hooks import LayerCapture
 from lit_explain.explain.layers import LayerSpec, family_layer, resolve_layers, unwrap_model
-from lit_explain.explain.layouts import LayoutSpec, check_layout_spec, detect_layout
+from lit_explain.explain.layouts import LayoutSpec, ZeroGradientError, check_layout_spec, detect_layout
 from lit_explain.explain.rollout import (
     ROLLOUT_METHODS,
     attention_rollout,
@@ -453,8 +453,14 @@ def apply_layouts(
     for name, act, grad in zip(names, activations, gradients, strict=True):
         layout = detect_layout(net, name, act, image_size, spec)
         if grad is not None:
-            auto = family_layer(net)
-            layout.check_gradient(grad, name, f", e.g. {auto!r}" if auto and auto != name else "")
+            try:
+                layout.check_gradient(grad, name, "")
+            except ZeroGradientError:
+                # The hint walks every module of the network: only worth it for the error message.
+                auto = family_layer(net)
+                hint = f", e.g. {auto!r}" if auto and auto != name else ""
+                layout.check_gradient(grad, name, hint)
+                raise
         acts.append(layout(act))
         grads.append(None if grad is None else layout(grad))
     return acts, grads
