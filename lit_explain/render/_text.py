@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -210,7 +212,7 @@ def draw_strips(
                     x = box.x + box.width - margin - _length(text, font_size)
                 y = s * height + i * band + y_offset
                 if replay:
-                    _paste_line(canvas, (round(x), round(y)), text, font_size, box.color)
+                    _draw_line(canvas, draw, (round(x), round(y)), text, font_size, box.color)
                 else:  # pragma: no cover - Pillow built without FreeType
                     draw.text((round(x), round(y)), text, fill=box.color, font=fnt)
     return np.array(canvas).reshape(len(strips), height, width, 3)
@@ -231,7 +233,43 @@ def _length(text: str, font_size: int) -> float:
     return font(font_size).getlength(text)
 
 
-@functools.lru_cache(maxsize=_LINES)
+class _LineMasks:
+    """Coverage masks of the caption lines seen at least twice (bounded, least recently used dropped).
+
+    A line seen for the first time is drawn by ``ImageDraw.text``; building its mask costs about 1.5x
+    that, so only lines that recur (probe names, file names, most labels) get one.
+    """
+
+    def __init__(self, capacity: int = _LINES) -> None:
+        self.capacity = capacity
+        self.seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.masks: OrderedDict[tuple[str, int], tuple[Image.Image, int, int]] = OrderedDict()
+        self.lock = threading.Lock()  # one writer thread per trainer: several trainers, several threads
+
+    def get(self, text: str, font_size: int) -> tuple[Image.Image, int, int] | None:
+        """The mask when the line was seen before (built on its second sight), else None."""
+        key = (text, font_size)
+        with self.lock:
+            mask = self.masks.get(key)
+            if mask is not None:
+                self.masks.move_to_end(key)
+                return mask
+            if key not in self.seen:
+                self.seen[key] = None
+                _trim(self.seen, self.capacity)
+                return None
+        mask = _line_mask(text, font_size)
+        with self.lock:
+            self.masks[key] = mask
+            _trim(self.masks, self.capacity)
+        return mask
+
+
+def _trim(entries: OrderedDict, capacity: int) -> None:
+    while len(entries) > capacity:
+        entries.popitem(last=False)
+
+
 def _line_mask(text: str, font_size: int) -> tuple[Image.Image, int, int]:
     """The line's coverage as an "L" image and where its top-left sits from the drawing origin.
 
@@ -246,9 +284,21 @@ def _line_mask(text: str, font_size: int) -> tuple[Image.Image, int, int]:
     return mask, left, top
 
 
-def _paste_line(
-    canvas: Image.Image, xy: tuple[int, int], text: str, font_size: int, color: tuple[int, int, int]
+_MASKS = _LineMasks()
+
+
+def _draw_line(
+    canvas: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[int, int],
+    text: str,
+    font_size: int,
+    color: tuple[int, int, int],
 ) -> None:
-    mask, left, top = _line_mask(text, font_size)
+    cached = _MASKS.get(text, font_size)
+    if cached is None:
+        draw.text(xy, text, fill=color, font=font(font_size))
+        return
+    mask, left, top = cached
     if mask.width and mask.height:
         canvas.paste(color, (xy[0] + left, xy[1] + top), mask)

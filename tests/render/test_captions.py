@@ -130,8 +130,19 @@ def test_cached_caption_lines_draw_the_pixels_pil_draws() -> None:
         ]
         for n in range(6)
     ]
-    for _ in range(2):  # rasterised, then from the cache
+    for _ in range(3):  # drawn, then a mask built on the second sight, then the mask reused
         for size, height, line in ((11, 30, 15), (16, 18, None)):
             got = _text.draw_strips(strips, 320, height, size, (240, 240, 240), line_height=line)
             want = _drawn_by_pil(strips, 320, height, size, (240, 240, 240), line_height=line)
             assert torch.equal(torch.from_numpy(got), want)
+
+
+def test_caption_masks_are_kept_for_recurring_lines_only_and_bounded() -> None:
+    masks = _text._LineMasks(capacity=2)
+    assert masks.get("once", 11) is None  # first sight: drawn by PIL, nothing built
+    assert masks.get("once", 11) is not None  # it recurs: built
+    assert masks.get("once", 11) is masks.get("once", 11)  # then reused
+    for line in ("a", "b", "c"):
+        masks.get(line, 11)
+        masks.get(line, 11)
+    assert len(masks.masks) == 2 and len(masks.seen) == 2
