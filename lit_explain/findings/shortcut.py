@@ -265,7 +265,8 @@ def shortcut_test(
     (run in eval mode, its train/eval flags restored) or any callable; called without autograd. Costs ``P * (1 + controls)`` forwards for the transplants
     (``P <= B`` pairs) plus ``B * (2 + controls)`` for the occlusion numbers when ``occlusion``.
     With ``share < gate`` (no box holds the peaks of that many images) the forwards are skipped and the
-    score is 0: the score never exceeds ``share``, so with ``gate = threshold`` no decision changes.
+    score is 0: the score never exceeds ``share``, so with ``gate = threshold`` no decision changes. For the
+    same reason, without ``occlusion``, the control boxes are skipped (score 0) when ``share * follow < gate``.
     """
     # An nn.Module runs in eval mode (BatchNorm statistics untouched) and gets every module's flag back.
     with eval_mode(forward) if isinstance(forward, nn.Module) else nullcontext():
@@ -294,6 +295,20 @@ def _shortcut_test(
         )
     pairs = donor_pairs(preds)
     follow = follow_rate(forward, images, preds, pairs, region)
+    if not occlusion and share * follow < gate:
+        # The score can only fall below share * follow once the controls are subtracted: it cannot reach the
+        # gate, so the control forwards (controls / (1 + controls) of the test) would change no decision.
+        return ShortcutEvidence(
+            0.0,
+            region,
+            (int(height), int(width)),
+            round(share, 4),
+            classes,
+            round(follow, 4),
+            0.0,
+            len(images),
+            pairs=len(pairs),
+        )
     boxes = control_boxes(region, (height, width), controls)
     control = sum(follow_rate(forward, images, preds, pairs, b) for b in boxes) / max(1, len(boxes))
     drops = (0.0, 0.0, 0.0)

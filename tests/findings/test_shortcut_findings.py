@@ -11,6 +11,7 @@ from torch import nn
 
 from lit_explain.findings import read_findings, record_findings
 from lit_explain.findings.shortcut import (
+    CONTROL_BOXES,
     DEFAULT_THRESHOLD,
     describe_region,
     donor_pairs,
@@ -132,6 +133,34 @@ def test_the_gate_skips_the_forwards_when_no_box_is_shared() -> None:
     assert ev.score == 0.0 and calls == []
     shortcut_test(forward, images, gaussian_maps(centres.float()), preds, gate=0.0, occlusion=False)
     assert sum(calls) > 0
+
+
+def test_the_controls_are_skipped_when_the_follow_rate_cannot_reach_the_gate() -> None:
+    # Every map peaks in the corner (share 1.0), but the model reads the object: pasting the corner moves
+    # no prediction, so share * follow stays under the gate and the control boxes would decide nothing.
+    images, _, _ = objects()
+    net = ContentReader()
+    preds = net(images).argmax(1)
+    maps = gaussian_maps(torch.full((len(images), 2), 3.0))
+    calls: list[int] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return net(x)
+
+    gated = shortcut_test(forward, images, maps, preds, gate=DEFAULT_THRESHOLD, occlusion=False)
+    follow_only = sum(calls)
+    calls.clear()
+    full = shortcut_test(forward, images, maps, preds, gate=0.0, occlusion=False)
+    assert gated.share == full.share == 1.0 and gated.follow == full.follow
+    assert gated.share * gated.follow < DEFAULT_THRESHOLD
+    assert gated.score == 0.0 and not gated.fires(DEFAULT_THRESHOLD) and not full.fires(DEFAULT_THRESHOLD)
+    assert follow_only > 0 and sum(calls) == follow_only * (1 + CONTROL_BOXES)  # the controls' forwards
+    # A real shortcut passes the gate: the whole test runs and fires as without it.
+    images, _ = stamped()
+    net = StampReader()
+    corner = gaussian_maps(torch.full((len(images), 2), 4.0))
+    assert shortcut_test(net, images, corner, net(images).argmax(1), gate=DEFAULT_THRESHOLD).fires()
 
 
 def test_the_network_runs_in_eval_mode_and_is_given_back_as_it_was() -> None:
