@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, findfont
 from torch import Tensor
 
+from lit_explain.compat import agg_rasteriser, set_agg_rasteriser
 from lit_explain.render._common import as_tensor
 from lit_explain.render.card import card_font_pt
 
@@ -104,7 +105,7 @@ class _TextReplay:
     @contextmanager
     def installed(self, renderer: RendererAgg) -> Iterator[None]:
         """Route ``renderer.draw_text`` through the cache while the block runs (this renderer only)."""
-        if not hasattr(getattr(renderer, "_renderer", None), "draw_text_image"):
+        if not hasattr(agg_rasteriser(renderer), "draw_text_image"):
             yield  # a matplotlib whose Agg renderer is laid out otherwise: draw as usual
             return
         renderer.draw_text = functools.partial(self.draw_text, renderer)  # shadows the class's method
@@ -120,19 +121,19 @@ class _TextReplay:
         calls = None if key is None else self.strings.get(key)
         if calls is not None:
             self.strings.move_to_end(key)
-            raster = renderer._renderer
+            raster = agg_rasteriser(renderer)
             for image, x, y, angle in calls:
                 raster.draw_text_image(image, x, y, angle, gc)
             return
         if key is None:
             RendererAgg.draw_text(renderer, gc, *args, **kwargs)
             return
-        recorder = _GlyphRecorder(renderer._renderer)
-        renderer._renderer = recorder
+        recorder = _GlyphRecorder(agg_rasteriser(renderer))
+        set_agg_rasteriser(renderer, recorder)
         try:
             RendererAgg.draw_text(renderer, gc, *args, **kwargs)
         finally:
-            renderer._renderer = recorder.target
+            set_agg_rasteriser(renderer, recorder.target)
         if recorder.complete:
             self.strings[key] = recorder.calls
             while len(self.strings) > self.capacity:

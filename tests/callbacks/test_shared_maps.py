@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger
-from test_shortcut_alarm import Handmade, shapes
+from test_shortcut_alarm import Handmade, shapes, trainer_for
 
 from lit_explain.callbacks import ProbeHeatmaps, ShortcutAlarm
 from lit_explain.callbacks import shortcut as shortcut_module
@@ -40,18 +39,7 @@ def test_recall_gives_back_only_what_matches() -> None:
 
 def _fit(root: Path, callbacks: list[L.Callback]) -> None:
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=1,
-        accelerator="cpu",
-        logger=CSVLogger(root, name="run", version=0),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
-    trainer.fit(Handmade(corner_only=True), datamodule=shapes(cue=True))
+    trainer_for(root, *callbacks).fit(Handmade(corner_only=True), datamodule=shapes(cue=True))
 
 
 def test_the_alarm_reuses_the_probes_maps_and_decides_the_same(

@@ -266,6 +266,7 @@ def _instances() -> dict[str, object]:
     from lightning.pytorch import LightningModule
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
+    from matplotlib.backends.backend_agg import RendererAgg
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     step = torch.optim.lr_scheduler.StepLR(optimizer, 1)
@@ -277,6 +278,7 @@ def _instances() -> dict[str, object]:
         "SequentialLR": torch.optim.lr_scheduler.SequentialLR(optimizer, [step], milestones=[]),
         "ChainedScheduler": torch.optim.lr_scheduler.ChainedScheduler([step]),
         "Module": torch.nn.Linear(1, 1),
+        "RendererAgg": RendererAgg(10, 10, 72),
     }
 
 
