@@ -21,6 +21,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_explain import sinks
+from lit_explain.callbacks import shared_maps
 from lit_explain.callbacks.cost import cost_account, cost_line
 from lit_explain.errors import ConfigError
 from lit_explain.sinks.writer import BackgroundWriter, StepLog
@@ -256,6 +257,7 @@ class ExplainCallback(Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check_writer(trainer)
+        shared_maps.forget(trainer)  # maps shared between callbacks last one epoch
         if self.active(trainer):
             with self.timed(trainer):
                 self.epoch_start(trainer, pl_module)

@@ -4,7 +4,8 @@ ProbeHeatmaps and ShortcutAlarm both explain a class-balanced sample of the vali
 validation; with the data module's ``probe_indices`` (every recipe) they are the same images, and with the
 same layers and CAM method the same maps. The first callback that explains them leaves them here and the
 other takes them instead of running the network again. An entry is only valid for the trainer step and
-loop it was made in, and only for equal images (compared by value), layers and method.
+loop it was made in, and only for equal images (compared by value), layers and method; every validation or
+test epoch starts empty (``trainer.validate`` run twice on other weights keeps the same step).
 
 Example:
     >>> remember(trainer, images, layers, "layercam", maps, logits)       # doctest: +SKIP
@@ -81,3 +82,8 @@ def recall(trainer: L.Trainer, images: Tensor, layers: Any, method: str) -> tupl
         ):
             return entry.maps, entry.logits
     return None
+
+
+def forget(trainer: L.Trainer) -> None:
+    """Drop what is kept for ``trainer``: a validation or test epoch starts (the weights may be others)."""
+    _SHARED.pop(trainer, None)

@@ -20,6 +20,7 @@ class _Trainer:  # what the sharing reads of a trainer (weakly referenced, like 
     def __init__(self, step: int = 3, epoch: int = 1) -> None:
         self.state = SimpleNamespace(fn="fit", stage="validate")
         self.current_epoch, self.global_step = epoch, step
+        self.sanity_checking = True  # a callback's epoch start then does nothing but its bookkeeping
 
 
 def test_recall_gives_back_only_what_matches() -> None:
@@ -35,6 +36,14 @@ def test_recall_gives_back_only_what_matches() -> None:
     trainer.global_step = 4  # the weights moved on: stale
     assert recall(trainer, images, ["layer1", "layer2"], "layercam") is None
     assert recall(_Trainer(), images, ["layer1", "layer2"], "layercam") is None  # another trainer
+
+
+def test_a_new_validation_starts_without_the_last_ones_maps() -> None:
+    # trainer.validate twice on other weights: same step, same epoch, so only the epoch start tells them apart.
+    trainer, images = _Trainer(), torch.rand(4, 3, 8, 8)
+    remember(trainer, images, "layer4", "gradcam", torch.rand(4, 1, 8, 8), torch.rand(4, 3))
+    ShortcutAlarm().on_validation_epoch_start(trainer, None)  # any lit_explain callback's epoch start
+    assert recall(trainer, images, "layer4", "gradcam") is None
 
 
 def _fit(root: Path, callbacks: list[L.Callback]) -> None:
