@@ -8,10 +8,15 @@ without them, and the memory they hold versus the validation-set size.
    ...); an epoch is timed from one training epoch's start to the next (the last to the end of fit), so
    the background writer's work, which spills into the next epoch and competes for the cores, is counted.
    The first epoch of every fit is not timed (data caching).
+   ``--paired N``: one fit of 2N + 2 epochs in which the callbacks work every second epoch
+   (``every_n_epochs=2``); each epoch they work in is compared with the mean of its neighbours where they
+   do not, so the machine's drift over minutes (same-side epochs of 11-19 s on a shared 2-core host)
+   cancels. Epoch 0 (data caching) and the last epoch (end-of-fit work) are not timed.
 3. Memory: ``trainer.validate`` with the callbacks on two validation-set sizes; peak bytes of tensors they hold.
 
     python scripts/bench_callbacks.py --recipe demo                       # configs/shapes_demo.yaml as shipped
     python scripts/bench_callbacks.py --recipe demo --class-defaults      # the callbacks at their class defaults
+    python scripts/bench_callbacks.py --recipe demo --repeats 0 --paired 6   # wall ratio, epochs interleaved
     python scripts/bench_callbacks.py --recipe plant --data-root ../shared/data/leaf-shapes   # weights: null
     python scripts/bench_callbacks.py --recipe cifar --accelerator gpu    # needs the CIFAR-100 files
     python scripts/bench_callbacks.py --loggers tensorboard csv --repeats 3   # time inside the callbacks:
@@ -182,6 +187,48 @@ def run_fit(
     return out
 
 
+def paired(args: argparse.Namespace) -> dict[str, Any]:
+    """Epochs with and without the callbacks interleaved in one fit; ratios against the neighbours."""
+    L.seed_everything(0, verbose=False)
+    model, dm, explainers = build(args)
+    for cb in explainers:
+        cb.every_n_epochs = 2  # they work in epochs 1, 3, 5, ... (``(epoch + 1) % 2 == 0``)
+    clock = EpochClock()
+    trainer = L.Trainer(
+        max_epochs=2 * args.paired + 2,
+        accelerator=args.accelerator,
+        devices=1,
+        logger=TensorBoardLogger(f"{args.log_dir}/paired"),
+        callbacks=[*explainers, clock],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        precision=args.precision,
+    )
+    trainer.fit(model, datamodule=dm)
+    times = clock.times[:-1]  # the last epoch carries the end-of-fit work: not timed
+    ratios = []
+    for epoch in range(1, len(times), 2):
+        neighbours = [times[e] for e in (epoch - 1, epoch + 1) if 1 <= e < len(times)]
+        ratios.append(times[epoch] / statistics.mean(neighbours))
+    on = [times[e] for e in range(1, len(times), 2)]
+    off = [times[e] for e in range(2, len(times), 2)]
+    result = {
+        "paired_epochs": [round(t, 3) for t in times],
+        "paired_ratios": [round(r, 4) for r in ratios],
+        "paired_ratio_mean": round(statistics.mean(ratios), 4),
+        "paired_ratio_median": round(statistics.median(ratios), 4),
+        "paired_epochs_per_side": [len(off), len(on)],
+    }
+    print(
+        f"paired epochs ({len(on)} with, {len(off)} without, interleaved): ratios "
+        f"{', '.join(f'{r:.3f}' for r in ratios)}; mean {result['paired_ratio_mean']:.3f}, "
+        f"median {result['paired_ratio_median']:.3f}"
+    )
+    return result
+
+
 def run_memory(args: argparse.Namespace, val_size: int, log_dir: str) -> int:
     L.seed_everything(0, verbose=False)
     model, dm, watched = build(args, [f"--data.init_args.val_size={val_size}"])
@@ -253,6 +300,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--class-defaults", action="store_true", help="the callbacks at their class defaults")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per fit (the first is not timed)")
     parser.add_argument("--repeats", type=int, default=2, help="fits per side (without/with), alternating")
+    parser.add_argument(
+        "--paired", type=int, default=0, help="N: also one fit of 2N+2 epochs, the callbacks every 2nd epoch"
+    )
     parser.add_argument("--train-size", type=int, default=None, help="demo only: training images")
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--accelerator", default="cpu")
@@ -279,7 +329,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return sink_cost(args.log_dir)
     if args.loggers:
         return compare_loggers(args)
-    result = overhead(args)
+    result = overhead(args) if args.repeats > 0 else {}
+    if args.paired:
+        result.update(paired(args))
     result["memory_bytes_by_val_size"] = {}
     for size in args.memory_sizes:
         peak = run_memory(args, size, f"{args.log_dir}/memory_{size}")
