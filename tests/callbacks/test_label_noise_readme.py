@@ -62,4 +62,6 @@ def test_readme_label_noise_command_finds_flipped_labels_twice_in_one_folder(tmp
         assert [int(r["rank"]) for r in rows] == list(range(1, 161))
         findings = json.loads((tables[-1].parent / "findings.json").read_text())
         entry = [f for f in findings if f["kind"] == "label_issues"]
-        assert len(entry) == 1 and f"TrainingDynamics: {entry[0]['message']}" in printed  # the line as printed
+        assert (
+            len(entry) == 1 and f"TrainingDynamics: {entry[0]['message']}" in printed
+        )  # the line as printed
