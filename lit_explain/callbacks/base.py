@@ -17,12 +17,13 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_explain import sinks
 from lit_explain.callbacks import shared_maps
-from lit_explain.callbacks.cost import cost_account, cost_line
+from lit_explain.callbacks.cost import cost_account, cost_line, missing_speedups
 from lit_explain.errors import ConfigError
 from lit_explain.sinks.writer import BackgroundWriter, StepLog
 
@@ -298,7 +299,11 @@ class ExplainCallback(Callback):
             account = cost_account(trainer)
             background = writer.stats.background_s if writer is not None else 0.0
             inline = writer is not None and writer.inline
-            rank_zero_info(cost_line(account.total_s, account.fit_seconds(), background, inline=inline))
+            tensorboard = any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
+            missing = missing_speedups(tensorboard)
+            rank_zero_info(
+                cost_line(account.total_s, account.fit_seconds(), background, inline=inline, missing=missing)
+            )
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

@@ -6,10 +6,11 @@ One :class:`CostAccount` per trainer, shared by every lit_explain callback of th
 
 from __future__ import annotations
 
+import importlib.util
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -71,23 +72,54 @@ def cost_account(trainer: L.Trainer) -> CostAccount:
     return account
 
 
+def missing_speedups(tensorboard: bool) -> list[str]:
+    """The optional extras that make the pictures cheaper and are not installed here.
+
+    ``fast-png`` (ISA-L deflate) always counts; ``fast-tensorboard`` (the C CRC of event records) only when a
+    TensorBoard logger writes. Without both, the demo's callbacks took 9.6-10.3% of training instead of
+    about 5% (docs/benchmarks.md, "Callbacks").
+
+    Example:
+        >>> set(missing_speedups(tensorboard=True)) <= {"fast-png", "fast-tensorboard"}
+        True
+    """
+    from lit_explain.render import png
+
+    missing = [] if png.has_fast_deflate() else ["fast-png"]
+    if tensorboard and importlib.util.find_spec("crc32c") is None:
+        missing.append("fast-tensorboard")
+    return missing
+
+
 def cost_line(
-    training_thread_s: float, fit_s: float | None, background_s: float, inline: bool = False
+    training_thread_s: float,
+    fit_s: float | None,
+    background_s: float,
+    inline: bool = False,
+    missing: Sequence[str] = (),
 ) -> str:
-    """The end-of-fit summary; ``inline``: the pictures were drawn on the training thread (no spare core).
+    """The end-of-fit summary; ``inline``: the pictures were drawn on the training thread (no spare core);
+    ``missing``: speed-up extras not installed (:func:`missing_speedups`), named with the command that adds them.
 
     Example:
         >>> cost_line(1.25, 50.0, 3.5)
         'explainability: 1.2 s on the training thread (2.5% of training), 3.5 s in the background'
         >>> cost_line(1.25, 50.0, 0.0, inline=True)
         'explainability: 1.2 s on the training thread (2.5% of training; pictures drawn there too: no spare CPU core)'
+        >>> cost_line(1.25, 50.0, 3.5, missing=["fast-png"]).split("; ")[-1]
+        "cheaper pictures: pip install 'lit_explain[fast-png]' (with both speed-ups the demo's cost halves)"
     """
     share = f"{100 * training_thread_s / fit_s:.1f}% of training" if fit_s else ""
     if inline:
         where = "; ".join(x for x in (share, "pictures drawn there too: no spare CPU core") if x)
-        return f"explainability: {training_thread_s:.1f} s on the training thread ({where})"
-    share = f" ({share})" if share else ""
-    return (
-        f"explainability: {training_thread_s:.1f} s on the training thread{share}, "
-        f"{background_s:.1f} s in the background"
-    )
+        line = f"explainability: {training_thread_s:.1f} s on the training thread ({where})"
+    else:
+        share = f" ({share})" if share else ""
+        line = (
+            f"explainability: {training_thread_s:.1f} s on the training thread{share}, "
+            f"{background_s:.1f} s in the background"
+        )
+    if missing:
+        extras = ",".join(missing)
+        line += f"; cheaper pictures: pip install 'lit_explain[{extras}]' (with both speed-ups the demo's cost halves)"
+    return line

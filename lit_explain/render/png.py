@@ -113,6 +113,16 @@ def _isal_compress() -> Callable[[bytes, int], bytes] | None:
 _ISAL = _isal_compress()
 
 
+def has_fast_deflate() -> bool:
+    """Whether PNGs are deflated by ISA-L (the ``fast-png`` extra) rather than zlib.
+
+    Example:
+        >>> isinstance(has_fast_deflate(), bool)
+        True
+    """
+    return _ISAL is not None
+
+
 def deflate(data: bytes | np.ndarray, level: int) -> bytes:
     """``data`` as a zlib stream (what a PNG's IDAT holds) at zlib ``level`` 0-9.
 
