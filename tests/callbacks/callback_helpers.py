@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +67,15 @@ def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[
     """Names of the entries that differ (bitwise) between two state dicts."""
     assert a.keys() == b.keys()
     return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def run_as_printed(
+    command: str, cwd: Path, env: dict[str, str], flags: Sequence[str] = ()
+) -> subprocess.CompletedProcess:
+    """Run a README command line in ``cwd`` as a user would (``VAR=value`` prefixes included), with this venv's
+    python and ``flags`` appended (small-run settings that keep the command's meaning)."""
+    words = shlex.split(command)
+    prefix = words[: words.index("python")]
+    env = {**env, **dict(w.split("=", 1) for w in prefix)}
+    argv = [sys.executable, *words[len(prefix) + 1 :], *flags]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

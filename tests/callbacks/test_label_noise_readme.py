@@ -7,12 +7,10 @@ import csv
 import json
 import os
 import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from callback_helpers import run_as_printed
 
 REPO = Path(__file__).resolve().parents[2]
 # The full command trains 6 epochs on 5,000 images (about 2 minutes); the flags below keep its meaning
@@ -42,11 +40,10 @@ def _readme() -> str:
 
 @pytest.mark.slow
 def test_readme_label_noise_command_finds_flipped_labels_twice_in_one_folder(tmp_path: Path) -> None:
-    words = shlex.split(readme_label_noise_command())
-    argv = [sys.executable, *words[1:], *SMALL]
+    command = readme_label_noise_command()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for run in (1, 2):
-        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        done = run_as_printed(command, tmp_path, env, SMALL)
         assert done.returncode == 0, done.stderr[-3000:]
         printed = done.stdout + done.stderr
         assert re.search(r"TrainingDynamics: \d+ of 160 training labels look wrong after epoch 2", printed)
@@ -58,6 +55,5 @@ def test_readme_label_noise_command_finds_flipped_labels_twice_in_one_folder(tmp
         assert [int(r["rank"]) for r in rows] == list(range(1, 161))
         findings = json.loads((tables[-1].parent / "findings.json").read_text())
         entry = [f for f in findings if f["kind"] == "label_issues"]
-        assert (
-            len(entry) == 1 and f"TrainingDynamics: {entry[0]['message']}" in printed
-        )  # the line as printed
+        assert len(entry) == 1
+        assert f"TrainingDynamics: {entry[0]['message']}" in printed  # the finding's line as printed

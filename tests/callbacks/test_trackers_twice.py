@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from callback_helpers import run_as_printed
 from tracker_readers import wandb_records
 
 from lit_explain.cli import LitExplainCLI, checkpoint_roots, main, recipe_path
@@ -43,15 +41,6 @@ def readme_command(logger: str) -> str:
     found = re.findall(README_COMMAND.format(logger), (REPO / "README.md").read_text())
     assert len(found) == 1, f"README has {len(found)} fit commands for {logger}"
     return found[0]
-
-
-def run_as_printed(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run a README command line in ``cwd`` (``VAR=value`` prefixes included), with this venv's python."""
-    words = shlex.split(command)
-    prefix = words[: words.index("python")]
-    env = {**env, **dict(w.split("=", 1) for w in prefix)}
-    argv = [sys.executable, *words[len(prefix) + 1 :], *TINY]
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture
@@ -88,7 +77,7 @@ def test_readme_wandb_command_twice_then_audit_log_to_run(
     cwd = tmp_path / "project"
     cwd.mkdir()
     for attempt in (1, 2):
-        done = run_as_printed(readme_command("WandbLogger"), cwd, tracker_env)
+        done = run_as_printed(readme_command("WandbLogger"), cwd, tracker_env, TINY)
         assert done.returncode == 0, f"run {attempt}: {done.stderr[-3000:]}"
     # Project = the recipe, under default_root_dir: lightning_logs/shapes_demo/<run id>/.
     runs = sorted((cwd / "lightning_logs" / "shapes_demo").iterdir())
@@ -123,7 +112,7 @@ def test_readme_mlflow_command_twice_then_audit_log_to_run(
     cwd = tmp_path / "project"
     cwd.mkdir()
     for attempt in (1, 2):
-        done = run_as_printed(readme_command("MLFlowLogger"), cwd, tracker_env)
+        done = run_as_printed(readme_command("MLFlowLogger"), cwd, tracker_env, TINY)
         assert done.returncode == 0, f"run {attempt}: {done.stderr[-3000:]}"
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient(f"file:{cwd / 'mlruns'}")
