@@ -237,7 +237,7 @@ def main() -> None:
             for noise in args.noise:
                 path = record_path(args.record_dir, noise, seed)
                 if path.is_file():
-                    record = torch.load(path, weights_only=False)
+                    record = torch.load(path, weights_only=True)
                 elif args.analyse_only:
                     continue
                 else:

@@ -169,7 +169,7 @@ def test_weights_are_bit_identical_with_and_without_the_callback(noisy_fit: dict
 @pytest.mark.slow
 def test_a_resumed_run_continues_the_sums(noisy_fit: dict, tmp_path: Path) -> None:
     first = noisy_fit["root"] / "ckpts" / "epoch=0.ckpt"
-    saved = torch.load(first, weights_only=False)["callbacks"]
+    saved = torch.load(first, weights_only=True)["callbacks"]
     state = next(v for k, v in saved.items() if k.startswith("TrainingDynamics"))
     assert state["epochs"] == 1 and state["sums"][4].eq(1).all()  # every sample seen once by then
     cb = TrainingDynamics(top_k=0)
