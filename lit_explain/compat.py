@@ -39,8 +39,6 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     # Not private, but internal: a module-level function that use_fast_tensorboard_crc replaces (the
     # "class" slot holds the function, the empty attribute means "the object itself").
     ("tensorboard.summary.writer.record_writer", "masked_crc32c", ""),
-    # The Agg renderer's rasteriser, through which render/figures.py records and replays glyph images.
-    ("matplotlib.backends.backend_agg", "RendererAgg", "_renderer"),  # instance
 )
 
 # Keyword arguments lit_explain passes that are private: (module, class, method, parameter).
@@ -161,14 +159,3 @@ def use_fast_tensorboard_crc() -> bool:
     # Replacing the module global is enough: RecordWriter.write looks the name up at every call.
     record_writer.masked_crc32c = _masked_crc32c_c
     return True
-
-
-def agg_rasteriser(renderer: Any) -> Any | None:
-    """The C rasteriser behind a matplotlib ``RendererAgg`` (what ``draw_text`` hands glyph images to), or
-    None where a matplotlib lays its renderer out otherwise."""
-    return getattr(renderer, "_renderer", None)
-
-
-def set_agg_rasteriser(renderer: Any, rasteriser: Any) -> None:
-    """Route a ``RendererAgg``'s drawing to ``rasteriser`` (a stand-in that records, or the original)."""
-    renderer._renderer = rasteriser

@@ -131,7 +131,7 @@ class ConfusionMatrix(ExplainCallback):
 
     def _write(self, log: StepLog, cm: Tensor, names: list[str], prefix: str, epoch: int) -> None:
         """On the background writer: the matrix and per-class figures, and the confused-pairs table."""
-        # The figures are kept between epochs and only refilled (render/figures.py).
+        # Drawn as pixels; each chart's fixed parts are kept between epochs (render/charts.py).
         title = f"Confusion matrix ({prefix})"
         matrix = confusion_matrix_image(cm, names, normalize=self.normalize, title=title)
         log.image(

@@ -10,8 +10,10 @@ Modules:
     grid     panel_grid (captioned grids; text drawn with PIL on thin host strips), panel_pages (the
              same split into pages of bounded height), colorbar
     png      encode_png, save_png (atomic, no-clobber)
-    figures  confusion-matrix / per-class accuracy / confused-pairs figures, figure_to_tensor/png, and
-             confusion_matrix_image / per_class_accuracy_images (the card figures redrawn every epoch)
+    figures  confusion-matrix / per-class accuracy / confused-pairs figures (matplotlib, for files and
+             reports), figure_to_tensor/png
+    charts   confusion_matrix_image / per_class_accuracy_images (the card charts the callbacks log every
+             epoch, drawn as pixels to the card figures' layout)
     card     what stays readable on TensorBoard's Images card (320 px of picture at the narrowest)
     tables   confused_pairs_table, name_pairs, markdown_table
 
@@ -24,16 +26,15 @@ Example:
     >>> png = encode_png(grid)                                     # doctest: +SKIP
 """
 
+from lit_explain.render.charts import confusion_matrix_image, per_class_accuracy_images
 from lit_explain.render.colors import LUT_SIZE, colorize, colormap_lut, overlay
 from lit_explain.render.figures import (
     ANNOTATE_MAX_CLASSES,
     confused_pairs_figure,
     confusion_matrix_figure,
-    confusion_matrix_image,
     figure_to_png,
     figure_to_tensor,
     per_class_accuracy_figure,
-    per_class_accuracy_images,
     per_class_accuracy_pages,
 )
 from lit_explain.render.grid import RIGHT_COLOR, WRONG_COLOR, CaptionColor, colorbar, panel_grid, panel_pages

@@ -302,3 +302,43 @@ def _draw_line(
     mask, left, top = cached
     if mask.width and mask.height:
         canvas.paste(color, (xy[0] + left, xy[1] + top), mask)
+
+
+@functools.lru_cache(maxsize=_LINES)
+def text_mask(text: str, font_size: int, rotated: bool = False) -> np.ndarray:
+    """One line's anti-aliased coverage as a read-only uint8 ``[line height, ink width]`` array.
+
+    Row 0 is the font's ascender line and every string of a size has the same height, so strings placed
+    at the same top share their baseline; the columns span the ink. ``rotated`` turns the mask 90°
+    counter-clockwise (read bottom to top, like a y-axis label): ``[ink width, line height]``. Cached
+    (bounded): charts redraw the same labels and numbers every epoch, and FreeType's rasterising is most
+    of a string's cost.
+
+    Example:
+        >>> text_mask("0.96", 18).shape, text_mask("0.96", 18, rotated=True).shape
+        ((23, 34), (34, 23))
+    """
+    if rotated:
+        mask = np.ascontiguousarray(np.rot90(text_mask(text, font_size)))
+    else:
+        glyphs, _, top = _line_mask(text, font_size)
+        mask = np.zeros((line_height(font_size), glyphs.width), np.uint8)
+        rows = np.asarray(glyphs, np.uint8)[max(-top, 0) : mask.shape[0] - top]
+        mask[max(top, 0) : max(top, 0) + rows.shape[0]] = rows
+    mask.flags.writeable = False  # shared by every caller through the cache
+    return mask
+
+
+@functools.lru_cache(maxsize=16)
+def line_height(font_size: int) -> int:
+    """Height in pixels of one line of text (ascender to descender) in ``font(font_size)``.
+
+    Example:
+        >>> line_height(18)
+        23
+    """
+    fnt = font(font_size)
+    if isinstance(fnt, ImageFont.FreeTypeFont):
+        ascent, descent = fnt.getmetrics()
+        return ascent + descent
+    return int(fnt.getbbox("Ag|")[3])  # pragma: no cover - Pillow built without FreeType

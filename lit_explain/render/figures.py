@@ -4,44 +4,33 @@ Figures are built with the object-oriented API on an Agg canvas (``matplotlib.fi
 never through pyplot, so nothing is registered in pyplot's global figure list, no GUI backend is
 touched and figures are freed like any other object. Global rcParams are never modified.
 
-The callbacks draw the same charts every epoch: :func:`confusion_matrix_image` and
-:func:`per_class_accuracy_images` keep one figure per chart (class names and options) and only refill its
-artists, behind a lock, so they are cheap and safe to call from a background writer thread. The
-``*_figure`` functions build a new figure on every call (for files, reports and custom use).
+The ``*_figure`` functions build a new figure on every call (for files, reports and custom use). The
+card-sized charts the callbacks log every epoch are drawn as pixels by :mod:`lit_explain.render.charts`,
+to the card layout defined here (:func:`_card_matrix_layout`, :func:`_card_accuracy_size`).
 """
 
 from __future__ import annotations
 
 import builtins
-import functools
 import io
 import sys
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
 
-import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties, findfont
 from torch import Tensor
 
-from lit_explain.compat import agg_rasteriser, set_agg_rasteriser
 from lit_explain.render._common import as_tensor
 from lit_explain.render.card import card_font_pt
 
 __all__ = [
     "confused_pairs_figure",
     "confusion_matrix_figure",
-    "confusion_matrix_image",
     "figure_to_png",
     "figure_to_tensor",
     "per_class_accuracy_figure",
-    "per_class_accuracy_images",
     "per_class_accuracy_pages",
 ]
 
@@ -53,133 +42,15 @@ CARD_FIGURE_IN = 5.0
 CARD_BARS_PER_PAGE = 50
 """Bars per per-class accuracy page in card mode (50 x 0.24 in + title and axis: under 1,600 px)."""
 _CHAR_EM = 0.6  # average glyph width of DejaVu Sans, in ems
+_CARD_MATRIX_CHARS = 12  # class names on a card's matrix ticks are cut to this many characters
+_CARD_BAR_CHARS = 16  # and on its per-class accuracy bars to this many
+_ANNOTATE_MAX_BARS = 40  # an accuracy chart of more bars writes no values beside them (only "n/a")
 
 
 def _new_figure(width_in: float, height_in: float) -> Figure:
     fig = Figure(figsize=(width_in, height_in), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-class _GlyphRecorder:
-    """Stands in for a renderer's rasteriser while one string is drawn: passes every call through and
-    keeps a copy of each glyph image blended (``draw_text_image``), so the string can be replayed."""
-
-    def __init__(self, target: Any) -> None:
-        self.target = target
-        self.calls: list[tuple[np.ndarray, int, int, float]] = []
-        self.complete = True  # False once anything but a plain glyph image went through
-
-    def draw_text_image(self, image: Any, x: Any, y: Any, angle: Any, gc: Any) -> Any:
-        if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 2:
-            # Copied: matplotlib may hand over a view of FreeType's buffer, reused for the next glyph.
-            self.calls.append((image.copy(), x, y, angle))
-        else:  # e.g. older matplotlib passes the whole FT2Font: not replayable here
-            self.complete = False
-        return self.target.draw_text_image(image, x, y, angle, gc)
-
-    def __getattr__(self, name: str) -> Any:
-        self.complete = False  # the string drew something else too (boxes of mathtext, ...)
-        return getattr(self.target, name)
-
-
-class _TextReplay:
-    """Draws strings an Agg renderer has drawn before by replaying their glyph images.
-
-    matplotlib lays out and rasterises every glyph of every string at each draw (FreeType, about 0.7 ms
-    for a 4-character label): most of a reused chart's drawing time. What reaches the pixels is a list
-    of glyph images, each blended at an integer pixel position with the text's colour and clip
-    (``draw_text_image(image, x, y, angle, gc)``). That list depends only on the string, the font, the
-    exact position, the angle, antialiasing and the canvas geometry, which make the key; the colour and
-    clip come from the graphics context at replay. So a replay blends the very same images at the very
-    same places: the pixels are those of a normal draw. Strings that draw anything else (mathtext boxes)
-    are never cached.
-    """
-
-    def __init__(self, capacity: int = 4096) -> None:
-        # Bounded, least recently used dropped first: a chart's labels and cell numbers recur over epochs,
-        # but the numbers are not a closed set.
-        self.capacity = capacity
-        self.strings: OrderedDict[tuple, list[tuple[np.ndarray, int, int, float]]] = OrderedDict()
-
-    @contextmanager
-    def installed(self, renderer: RendererAgg) -> Iterator[None]:
-        """Route ``renderer.draw_text`` through the cache while the block runs (this renderer only)."""
-        if not hasattr(agg_rasteriser(renderer), "draw_text_image"):
-            yield  # a matplotlib whose Agg renderer is laid out otherwise: draw as usual
-            return
-        renderer.draw_text = functools.partial(self.draw_text, renderer)  # shadows the class's method
-        try:
-            yield
-        finally:
-            del renderer.draw_text
-
-    def draw_text(self, renderer: RendererAgg, gc: Any, *args: Any, **kwargs: Any) -> None:
-        """``RendererAgg.draw_text(gc, x, y, s, prop, angle, ismath=False, mtext=None)``, replayed when
-        this string was drawn at this place before."""
-        key = _text_key(renderer, gc, *args, **kwargs)
-        calls = None if key is None else self.strings.get(key)
-        if calls is not None:
-            self.strings.move_to_end(key)
-            raster = agg_rasteriser(renderer)
-            for image, x, y, angle in calls:
-                raster.draw_text_image(image, x, y, angle, gc)
-            return
-        if key is None:
-            RendererAgg.draw_text(renderer, gc, *args, **kwargs)
-            return
-        recorder = _GlyphRecorder(agg_rasteriser(renderer))
-        set_agg_rasteriser(renderer, recorder)
-        try:
-            RendererAgg.draw_text(renderer, gc, *args, **kwargs)
-        finally:
-            set_agg_rasteriser(renderer, recorder.target)
-        if recorder.complete:
-            self.strings[key] = recorder.calls
-            while len(self.strings) > self.capacity:
-                self.strings.popitem(last=False)
-
-
-def _text_key(
-    renderer: RendererAgg,
-    gc: Any,
-    x: float,
-    y: float,
-    s: str,
-    prop: Any,
-    angle: float,
-    ismath: Any = False,
-    mtext: Any = None,
-) -> tuple | None:
-    """Everything a plain string's glyph images depend on; None for what is never cached (mathtext)."""
-    if ismath or not isinstance(prop, FontProperties) or not isinstance(s, str):
-        return None
-    rc = matplotlib.rcParams
-    font = (
-        findfont(prop),  # the font file the family resolves to under the current rcParams
-        tuple(prop.get_family()),
-        prop.get_style(),
-        prop.get_variant(),
-        prop.get_weight(),
-        prop.get_stretch(),
-        prop.get_size_in_points(),
-    )
-    shaping = None
-    if mtext is not None:  # OpenType features and language (matplotlib >= 3.10) change the glyphs
-        shaping = tuple(
-            _hashable(getattr(mtext, name, _none)()) for name in ("get_fontfeatures", "get_language")
-        )
-    hinting = (rc["text.hinting"], rc["text.hinting_factor"], rc["text.kerning_factor"])
-    place = (float(x), float(y), float(angle), renderer.width, renderer.height, renderer.dpi)
-    return (s, font, place, gc.get_antialiased(), shaping, hinting)
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _none() -> None:
-    return None
 
 
 def _short(name: str, limit: int = 24) -> str:
@@ -210,8 +81,9 @@ def confusion_matrix_figure(
     class keeps a labelled tick (small font at 100 classes). With ``card`` (TensorBoard), the figure is
     500 px wide and every label stays at least 11 px tall at TensorBoard's narrowest card; beyond about
     14 classes every k-th class is labelled. The numbers are written into the cells only up to
-    :data:`ANNOTATE_MAX_CLASSES` classes. Each call makes a new figure; :func:`confusion_matrix_image`
-    redraws one figure per epoch instead (what the callbacks use).
+    :data:`ANNOTATE_MAX_CLASSES` classes. Each call makes a new figure;
+    :func:`lit_explain.render.charts.confusion_matrix_image` draws the card chart as pixels instead
+    (what the callbacks log every epoch).
 
     Args:
         cm: ``[C, C]`` counts (torchmetrics' ``MulticlassConfusionMatrix`` layout), any device.
@@ -227,11 +99,30 @@ def confusion_matrix_figure(
         3
     """
     m = _matrix(cm)
-    chart = _MatrixChart(
-        m.shape[0], _check_names(class_names, m.shape[0], "cm"), normalize, title, cmap, card
-    )
-    chart.update(m)
-    return chart.figure
+    n = m.shape[0]
+    names = _check_names(class_names, n, "cm")
+    names = _card_matrix_names(names) if card else [_short(c) for c in names]
+    layout = _card_matrix_layout(n, names) if card else _full_matrix_layout(n, names)
+    fig = _new_figure(*layout["size"])
+    ax = fig.add_subplot()
+    shown, vmax = _matrix_values(m, normalize)
+    image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest", aspect="equal")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, shrink=0.8)
+    bar.ax.tick_params(labelsize=layout["font"])
+    ticks = range(0, n, layout["tick_every"])
+    rotate = _rotate_x_labels(n, names, card)
+    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90 if rotate else 0, ha="center")
+    ax.set_yticks(ticks, [names[i] for i in ticks])
+    ax.tick_params(labelsize=layout["tick_pt"], length=2)
+    ax.set_xlabel("predicted", fontsize=layout["font"])
+    ax.set_ylabel("true", fontsize=layout["font"])
+    ax.set_title(title + (" (row-normalised)" if normalize else ""), fontsize=layout["font"])
+    if layout["cell_pt"]:
+        for (i, j), v in np.ndenumerate(shown):
+            text = _cell_text(v, normalize)
+            color = "white" if _light_text(v, vmax) else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=layout["cell_pt"], color=color)
+    return fig
 
 
 def _matrix(cm: Tensor) -> np.ndarray:
@@ -241,97 +132,31 @@ def _matrix(cm: Tensor) -> np.ndarray:
     return m
 
 
-class _MatrixChart:
-    """A confusion-matrix figure whose artists are built once and refilled by :meth:`update`.
+def _matrix_values(m: np.ndarray, normalize: bool) -> tuple[np.ndarray, float]:
+    """What a matrix chart shows for counts ``m``: rows divided by their sums (empty rows stay 0) when
+    ``normalize``, and the top of its colour range (1 normalised, else the largest count, at least 1)."""
+    if not normalize:
+        return m, max(float(m.max()) if m.size else 0.0, 1.0)
+    sums = m.sum(axis=1, keepdims=True)
+    return np.divide(m, sums, out=np.zeros_like(m), where=sums > 0), 1.0
 
-    Building the axes, ticks and colour bar and running the constrained layout is most of a figure's
-    cost; refilling the image and the cell texts is cheap. When the layout cannot depend on the numbers
-    (row-normalised: the colour bar is always 0..1), it is computed once and frozen.
-    """
 
-    def __init__(
-        self, n: int, class_names: list[str], normalize: bool, title: str, cmap: str, card: bool
-    ) -> None:
-        names = [_short(c, 12 if card else 24) for c in class_names]
-        layout = _card_matrix_layout(n, names) if card else _full_matrix_layout(n, names)
-        self.normalize = normalize
-        self.figure = fig = _new_figure(*layout["size"])
-        ax = fig.add_subplot()
-        self.image = ax.imshow(
-            np.zeros((n, n)), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="equal"
-        )
-        bar = fig.colorbar(self.image, ax=ax, fraction=0.046, pad=0.02, shrink=0.8)
-        bar.ax.tick_params(labelsize=layout["font"])
-        ticks = range(0, n, layout["tick_every"])
-        rotate = n > 8 or (card and max((len(c) for c in names), default=0) > 3)
-        ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90 if rotate else 0, ha="center")
-        ax.set_yticks(ticks, [names[i] for i in ticks])
-        ax.tick_params(labelsize=layout["tick_pt"], length=2)
-        ax.set_xlabel("predicted", fontsize=layout["font"])
-        ax.set_ylabel("true", fontsize=layout["font"])
-        ax.set_title(title + (" (row-normalised)" if normalize else ""), fontsize=layout["font"])
-        self.cells = [
-            ax.text(j, i, "", ha="center", va="center", fontsize=layout["cell_pt"])
-            for i in range(n)
-            for j in range(n)
-            if layout["cell_pt"]
-        ]
-        self.axes = ax
-        self.background: Any = None  # the pixels of everything that never changes, once drawn
-        self.replay = _TextReplay()
-        if normalize:
-            _freeze_layout(fig)
-        # Where the layout is redone per call (raw counts: the colour bar's labels change), it starts from
-        # the built positions each time: constrained layout's result depends on where it starts from.
-        self.positions = [(a, a.get_position(original=True).frozen()) for a in fig.axes]
+def _cell_text(v: float, normalize: bool) -> str:
+    return f"{v:.2f}" if normalize else f"{v:.0f}" if float(v).is_integer() else f"{v:.2g}"
 
-    def update(self, m: np.ndarray) -> None:
-        """Show counts ``m`` (``[C, C]``, float64), row-normalised first if the chart is."""
-        if self.normalize:
-            sums = m.sum(axis=1, keepdims=True)
-            m = np.divide(m, sums, out=np.zeros_like(m), where=sums > 0)
-        vmax = 1.0 if self.normalize else max(float(m.max()), 1.0)
-        if self.figure.get_layout_engine() is not None:
-            for axes, position in self.positions:
-                axes.set_position(position, which="both")
-                axes.set_in_layout(True)  # set_position takes an axes out of the layout; it stays in
-        self.image.set_data(m)
-        self.image.set_clim(0.0, vmax)  # the colour bar follows its mappable
-        for text, v in zip(self.cells, m.reshape(-1).tolist(), strict=False):
-            text.set_text(
-                f"{v:.2f}" if self.normalize else f"{v:.0f}" if float(v).is_integer() else f"{v:.2g}"
-            )
-            # Light text on the dark half of the colormap, dark text elsewhere.
-            text.set_color("white" if v > 0.6 * vmax else "black")
 
-    def tensor(self) -> Tensor:
-        """The chart as uint8 ``[3, H, W]``, as :func:`figure_to_tensor` draws it.
+def _light_text(v: float, vmax: float) -> bool:
+    """Light text on the dark part of the colormap (above 0.6 of its range), dark text elsewhere."""
+    return v > 0.6 * vmax
 
-        With a frozen layout, the titles, ticks, labels and colour bar never change: they are drawn once
-        and kept as pixels, and each call draws only the matrix image, its frame and the cell texts over
-        them (in the order a full draw uses).
-        """
-        canvas = self.figure.canvas
-        with self.replay.installed(canvas.get_renderer()):
-            if not self.normalize:
-                canvas.draw()
-            else:
-                self._blit(canvas)
-        return _rgba_to_tensor(np.asarray(canvas.buffer_rgba()))
 
-    def _blit(self, canvas: FigureCanvasAgg) -> None:
-        changing = [self.image, *self.axes.spines.values(), *self.cells]
-        if self.background is None:
-            for artist in changing:
-                artist.set_animated(True)  # left out of full draws
-            canvas.draw()
-            self.background = canvas.copy_from_bbox(self.figure.bbox)
-        else:
-            canvas.restore_region(self.background)
-            # Refilling the image resets the axes to its pre-aspect box; a full draw would re-apply it.
-            self.axes.apply_aspect()
-        for artist in changing:
-            self.axes.draw_artist(artist)
+def _card_matrix_names(names: Sequence[str]) -> list[str]:
+    return [_short(c, _CARD_MATRIX_CHARS) for c in names]
+
+
+def _rotate_x_labels(n: int, names: Sequence[str], card: bool) -> bool:
+    """Whether the matrix's column labels are written upwards (they would overlap side by side)."""
+    return n > 8 or (card and max((len(c) for c in names), default=0) > 3)
 
 
 def _freeze_layout(fig: Figure) -> None:
@@ -417,22 +242,21 @@ def per_class_accuracy_figure(
 
 
 class _AccuracyChart:
-    """A per-class accuracy bar chart of ``n`` bars whose bars, labels and texts :meth:`update` refills.
+    """A per-class accuracy bar chart of ``n`` bars, filled by :meth:`update`.
 
-    On a card the layout is computed once, with the longest of ``layout_names`` as tick labels, and
-    frozen: later pages and epochs (other classes in other orders) keep the same margins.
+    On a card the layout is computed with the longest of ``layout_names`` as tick labels and frozen
+    before the bars are filled: every page of a set (other classes) gets the same margins.
     """
 
     def __init__(self, n: int, title: str, card: bool, layout_names: Sequence[str]) -> None:
         self.card = card
-        limit = 16 if card else 24
+        limit = _CARD_BAR_CHARS if card else 24
         widest = _sorted_by_length([_short(c, limit) for c in layout_names])[:n]
         widest += [""] * (n - len(widest))
         longest = max((len(c) for c in widest), default=1)
         if card:
             self.label_pt = legend_pt = card_font_pt(CARD_FIGURE_IN)
-            bar_in = 1.35 * self.label_pt / 72
-            fig = _new_figure(CARD_FIGURE_IN, n * bar_in + 4.5 * self.label_pt / 72 + 0.3)
+            fig = _new_figure(*_card_accuracy_size(n))
         else:
             bar_in = float(np.clip(5.0 / max(n, 1), 0.14, 0.35))
             self.label_pt, legend_pt = float(np.clip(bar_in * 72 * 0.6, 5.0, 10.0)), 8.0
@@ -445,7 +269,7 @@ class _AccuracyChart:
         ax.tick_params(axis="y", labelsize=self.label_pt, length=0)
         ax.tick_params(axis="x", labelsize=legend_pt if card else None)
         ax.invert_yaxis()  # first bar (worst when sorted) at the top, like a ranking
-        self.annotate = n <= 40
+        self.annotate = n <= _ANNOTATE_MAX_BARS
         # Room right of 1.0 for the value labels; ticks stay within the meaningful [0, 1].
         ax.set_xlim(0.0, 1.1 if self.annotate else 1.0)
         ax.set_xticks(np.linspace(0.0, 1.0, 6 if not card else 3))
@@ -460,20 +284,11 @@ class _AccuracyChart:
         ax.grid(axis="x", alpha=0.3)
         self.mean_line = ax.axvline(0.0, color="black", linestyle="--", linewidth=1.2, visible=False)
         self.values = [ax.text(0.0, yi, "", va="center", fontsize=self.label_pt) for yi in self.y]
-        self.replay = _TextReplay()
         if card:
             if self.annotate and n:  # room for the widest value label, "1.00" on a full bar
                 self.values[0].set_position((1.01, 0))
                 self.values[0].set_text("1.00")
             _freeze_layout(fig)
-
-    def tensor(self) -> Tensor:
-        """The chart as uint8 ``[3, H, W]``, as :func:`figure_to_tensor` draws it (strings drawn before
-        are replayed rather than rasterised again)."""
-        canvas = self.figure.canvas
-        with self.replay.installed(canvas.get_renderer()):
-            canvas.draw()
-        return _rgba_to_tensor(np.asarray(canvas.buffer_rgba()))
 
     def update(self, a: np.ndarray, names: Sequence[str], mean: float) -> None:
         """Bars for accuracies ``a`` (NaN: no samples) named ``names``, top to bottom, and the ``mean``."""
@@ -500,6 +315,12 @@ class _AccuracyChart:
             text.set_text(f"{v:.2f}" if ok else "n/a")
 
 
+def _card_accuracy_size(n: int) -> tuple[float, float]:
+    """A card's per-class accuracy page of ``n`` bars, (width, height) in inches: a bar per text line."""
+    label_in = card_font_pt(CARD_FIGURE_IN) / 72
+    return CARD_FIGURE_IN, n * 1.35 * label_in + 4.5 * label_in + 0.3
+
+
 def _card_accuracy_label(mean: float) -> str:
     return f"accuracy (dashed: mean {mean:.3f})"
 
@@ -515,7 +336,8 @@ def per_class_accuracy_pages(
     :data:`CARD_BARS_PER_PAGE` bars per figure, each with the mean over all classes.
 
     Every page has the same margins (room for the longest class name). Each call makes new figures;
-    :func:`per_class_accuracy_images` redraws the same figures every epoch instead.
+    :func:`lit_explain.render.charts.per_class_accuracy_images` draws the same pages as pixels instead
+    (what the callbacks log every epoch).
 
     Example:
         >>> pages = per_class_accuracy_pages(torch.rand(100), [f"c{i}" for i in range(100)])
@@ -537,86 +359,29 @@ def _page_sizes(n: int) -> list[int]:
     return [min(CARD_BARS_PER_PAGE, n - i) for i in range(0, n, CARD_BARS_PER_PAGE)] or [0]
 
 
+def _page_titles(title: str, pages: int) -> list[str]:
+    return [title + (f" ({k}/{pages})" if pages > 1 else "") for k in range(1, pages + 1)]
+
+
 def _accuracy_page_charts(names: list[str], title: str) -> list[_AccuracyChart]:
     sizes = _page_sizes(len(names))
     return [
-        _AccuracyChart(size, title + (f" ({k}/{len(sizes)})" if len(sizes) > 1 else ""), True, names)
-        for k, size in enumerate(sizes, 1)
+        _AccuracyChart(size, page_title, True, names)
+        for size, page_title in zip(sizes, _page_titles(title, len(sizes)), strict=True)
     ]
 
 
+def _page_chunks(a: np.ndarray) -> list[np.ndarray]:
+    """Class indices of each card page: worst first, NaN (no samples) last."""
+    order = np.argsort(a, kind="stable")
+    # As _page_sizes: no classes still make one (empty) page.
+    return [order[k : k + CARD_BARS_PER_PAGE] for k in range(0, max(len(a), 1), CARD_BARS_PER_PAGE)]
+
+
 def _update_pages(charts: list[_AccuracyChart], a: np.ndarray, names: list[str]) -> None:
-    order = np.argsort(a, kind="stable")  # worst first; NaN (no samples) last
     mean = _mean_present(a)
-    for k, chart in enumerate(charts):
-        chunk = order[k * CARD_BARS_PER_PAGE : (k + 1) * CARD_BARS_PER_PAGE]
+    for chart, chunk in zip(charts, _page_chunks(a), strict=True):
         chart.update(a[chunk], [names[i] for i in chunk], mean)
-
-
-# -- one figure per chart, redrawn every epoch ------------------------------------------------------------
-
-_CACHED_CHARTS = 8
-"""How many charts (matrix or page sets) are kept for reuse: a few tags (val/test) of a few runs."""
-_charts: OrderedDict[tuple, Any] = OrderedDict()
-# One chart is one matplotlib figure: two threads must never update or draw it at once.
-_charts_lock = threading.Lock()
-
-
-def _cached_chart(key: tuple, build: Callable[[], Any]) -> Any:
-    chart = _charts.pop(key, None)
-    if chart is None:
-        chart = build()
-    _charts[key] = chart  # most recently used last
-    while len(_charts) > _CACHED_CHARTS:
-        _charts.popitem(last=False)
-    return chart
-
-
-def confusion_matrix_image(
-    cm: Tensor,
-    class_names: Sequence[str],
-    normalize: bool = True,
-    title: str = "Confusion matrix",
-    cmap: str = "Blues",
-) -> Tensor:
-    """The card-sized :func:`confusion_matrix_figure` as a uint8 ``[3, H, W]`` tensor, drawn cheaply.
-
-    The figure for a given (class names, options) is built once and only refilled on later calls, so a
-    callback that logs the matrix every epoch pays for the drawing, not for building the figure (about
-    3x less). The pixels are those of ``figure_to_tensor(confusion_matrix_figure(..., card=True))``.
-    Safe to call from any thread (one figure is drawn by one thread at a time).
-
-    Example:
-        >>> confusion_matrix_image(torch.randint(0, 50, (6, 6)), list("abcdef")).shape
-        torch.Size([3, 462, 500])
-    """
-    m = _matrix(cm)
-    names = _check_names(class_names, m.shape[0], "cm")
-    key = ("matrix", tuple(names), normalize, title, cmap)
-    with _charts_lock:
-        chart = _cached_chart(key, lambda: _MatrixChart(m.shape[0], names, normalize, title, cmap, True))
-        chart.update(m)
-        return chart.tensor()
-
-
-def per_class_accuracy_images(
-    acc: Tensor, class_names: Sequence[str], title: str = "Per-class accuracy"
-) -> list[Tensor]:
-    """:func:`per_class_accuracy_pages` as uint8 ``[3, H, W]`` tensors, one per page, drawn cheaply.
-
-    The pages' figures are built once per (class names, title) and refilled on later calls; the pixels
-    are those of ``[figure_to_tensor(p) for p in per_class_accuracy_pages(...)]``. Safe to call from any
-    thread.
-
-    Example:
-        >>> [p.shape[1] for p in per_class_accuracy_images(torch.rand(60), [f"c{i}" for i in range(60)])]
-        [1329, 354]
-    """
-    a, names = _accuracies(acc, class_names)
-    with _charts_lock:
-        charts = _cached_chart(("accuracy", tuple(names), title), lambda: _accuracy_page_charts(names, title))
-        _update_pages(charts, a, names)
-        return [chart.tensor() for chart in charts]
 
 
 def _mean_present(values: np.ndarray) -> float:

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["colors", "figures", "grid", "images", "png", "tables"]
+MODULES = ["charts", "colors", "figures", "grid", "images", "png", "tables"]
 
 
 @pytest.mark.parametrize("name", MODULES)
