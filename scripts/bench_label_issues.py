@@ -160,15 +160,20 @@ def evaluate(record: dict[str, Any]) -> dict[str, dict[str, float]]:
             "precision@k": dyn.precision_at_k(score, flipped),
             "recall@2k": dyn.recall_at(score, flipped, 2 * len(flipped)),
         }
-    # What the callback flags by default: confident learning's count, taken from the top of the AUM ranking.
+    # What the callback flags by default: as many as the late-AUM mixture estimates, from the top of the
+    # ranking; next to it, confident learning's count estimate from the mean probabilities (the rule before).
     stats = dyn.stats_from_logits(record["logits"], record["labels"])
-    n_flagged = dyn.estimated_issue_count(stats.mean_probs(), record["labels"])
-    found = set(dyn.ranking(dyn.suspicion(stats, "late_aum"))[:n_flagged].tolist()) & set(flipped.tolist())
-    table["flagged (callback default)"] = {
-        "count": n_flagged,
-        "precision": len(found) / max(1, n_flagged),
-        "recall": len(found) / len(flipped),
-    }
+    order = dyn.ranking(dyn.suspicion(stats, "late_aum"))
+    for name, count in (
+        ("flagged (callback default)", dyn.mixture_issue_count(dyn.late_aum(stats))),
+        ("flagged (CL count estimate)", dyn.estimated_issue_count(stats.mean_probs(), record["labels"])),
+    ):
+        found = set(order[:count].tolist()) & set(flipped.tolist())
+        table[name] = {
+            "count": count,
+            "precision": len(found) / max(1, count),
+            "recall": len(found) / len(flipped),
+        }
     return table
 
 

@@ -62,7 +62,7 @@ class DynamicsAccumulator(Metric):
 
     ``sums`` ``[7, N]`` (margin, probability, probability², correct, count, epoch-weighted margin and weight)
     and ``class_probs`` ``[N, C]``
-    (softmax probabilities, for confident learning's count and the suggested label) are reduced across DDP
+    (softmax probabilities, for the suggested label) are reduced across DDP
     ranks by ``"sum"``, ``latest`` ``[2, N]`` (given label, runner-up class; -1 = not seen this epoch) by
     ``"max"``: distributed behaviour is a declaration. Each step adds its batch with two ``index_add_`` and
     one ``index_copy_``: no host synchronisation.
@@ -125,8 +125,9 @@ class TrainingDynamics(ExplainCallback):
       variability, correctness, seen``. ``score`` is minus the late-weighted AUM: the area under the margin
       (Pleiss et al. 2020) with epoch ``e``'s margin weighted by ``e²``, which ranked flipped labels best in
       docs/benchmarks.md ("Label issues"); ``suggested_label`` is the most
-      probable other class over the run; ``flagged`` marks the first rows, as many as confident learning
-      estimates are wrong (the calibrated confident joint of the run's mean probabilities);
+      probable other class over the run; ``flagged`` marks the first rows, as many as a two-component Gaussian
+      mixture on the late-weighted AUM puts in its low group (none when that group's mean margin is not
+      negative; :func:`~lit_explain.findings.dynamics.mixture_issue_count`);
     * in every logger: the Dataset Cartography picture (``explain/label_issues/cartography``), the ``top_k``
       most suspicious images with the CAMs of their given and suggested label (``explain/label_issues/page_N``)
       and a table (``explain/label_issues/table``), the scalar ``explain/label_issues/flagged``;
@@ -141,7 +142,7 @@ class TrainingDynamics(ExplainCallback):
     Args:
         method: ``"late_aum"`` (epoch²-weighted mean margin), ``"aum"`` (Pleiss' plain mean margin) or
             ``"confidence"`` (cartography's mean given-class probability).
-        threshold: None: flag as many as confident learning estimates are wrong; a number: flag the
+        threshold: None: flag the low group of a two-group mixture on the late-weighted AUM; a number: flag the
             samples whose (late) AUM or, for ``"confidence"``, mean confidence is below it.
         top_k: suspicious images shown with their CAMs (0: none).
         layer: layer(s) to explain; None = the model's ``default_explain_layers``.

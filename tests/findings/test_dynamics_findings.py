@@ -89,17 +89,45 @@ def test_label_issue_table_lists_every_sample_most_suspicious_first() -> None:
     assert _table([3.0, -2.0, 1.0, -0.5], [0, 0, 0, 0], threshold=1.5).flagged == 3
 
 
-def test_confident_learning_count_decides_how_many_are_flagged_by_default() -> None:
+def test_confident_learning_count_estimate_for_the_baseline() -> None:
     # Class 0 and class 1 samples, two of the class-1 ones labelled 0: the count estimate says 2.
     probs = torch.tensor([[0.9, 0.1]] * 6 + [[0.1, 0.9]] * 6 + [[0.05, 0.95]] * 2)
     labels = torch.tensor([0] * 6 + [1] * 6 + [0] * 2)
     assert dyn.estimated_issue_count(probs, labels) == 2
-    logits = probs.log()[None]  # softmax(log p) = p: one epoch with these probabilities
-    stats = dyn.stats_from_logits(logits, labels)
-    table = dyn.label_issue_table(stats, [f"f{i}" for i in range(14)], ["a", "b"])
-    assert table.flagged == 2 and {r["index"] for r in table.rows[:2]} == {12, 13}
-    assert table.rows[0]["suggested_label"] == "b" and "confident learning" in table.rule
+    stats = dyn.stats_from_logits(probs.log()[None], labels)  # softmax(log p) = p: one epoch of these
     torch.testing.assert_close(stats.mean_probs(), probs)
+
+
+def _margins_of(groups: list[tuple[int, float, float]], seed: int = 0) -> torch.Tensor:
+    """Normal margins: (count, mean, spread) per group."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([mean + spread * torch.randn(n, generator=g) for n, mean, spread in groups])
+
+
+def test_mixture_count_finds_the_low_margin_group_whatever_its_size() -> None:
+    # Clean samples around +3 (a long tail of hard ones towards 0), wrong labels around -2.
+    for wrong in (50, 250, 500):
+        margins = _margins_of([(5000 - wrong, 3.0, 1.2), (wrong, -2.0, 1.0)])
+        count = dyn.mixture_issue_count(margins)
+        assert abs(count - wrong) <= 0.1 * wrong + 10, (wrong, count)
+
+
+def test_mixture_count_is_zero_when_no_group_has_a_negative_mean_margin() -> None:
+    # A clean run: hard samples near 0, none of them on average preferring another class.
+    margins = _margins_of([(4500, 4.0, 1.0), (500, 1.0, 0.8)])
+    assert dyn.mixture_issue_count(margins) == 0
+    assert dyn.mixture_issue_count(torch.tensor([1.0])) == 0  # too few to fit
+    assert dyn.mixture_issue_count(torch.full((10,), -1.0)) == 0  # no spread
+    with_nan = torch.cat([_margins_of([(900, 3.0, 1.0), (100, -2.0, 1.0)]), torch.full((50,), float("nan"))])
+    assert 90 <= dyn.mixture_issue_count(with_nan) <= 110  # unseen samples left out
+
+
+def test_mixture_count_decides_how_many_are_flagged_by_default() -> None:
+    margins = _margins_of([(180, 3.0, 1.0), (20, -2.5, 0.5)]).tolist()
+    table = _table(margins, [0] * 200, threshold=None)
+    assert table.flagged == dyn.mixture_issue_count(torch.tensor(margins))
+    assert 18 <= table.flagged <= 22 and "mixture" in table.rule
+    assert all(r["aum"] < 0 for r in table.rows[: table.flagged])
 
 
 def test_finding_only_when_some_look_wrong_with_the_top_five_sources() -> None:
