@@ -17,6 +17,7 @@ without them, and the memory they hold versus the validation-set size.
     python scripts/bench_callbacks.py --recipe demo                       # configs/shapes_demo.yaml as shipped
     python scripts/bench_callbacks.py --recipe demo --class-defaults      # the callbacks at their class defaults
     python scripts/bench_callbacks.py --recipe demo --repeats 0 --paired 6   # wall ratio, epochs interleaved
+    python scripts/bench_callbacks.py --recipe demo --only ProbeHeatmaps WorstSamples ConfusionMatrix ShortcutAlarm
     python scripts/bench_callbacks.py --recipe plant --data-root ../shared/data/leaf-shapes   # weights: null
     python scripts/bench_callbacks.py --recipe cifar --accelerator gpu    # needs the CIFAR-100 files
     python scripts/bench_callbacks.py --loggers tensorboard csv --repeats 3   # time inside the callbacks:
@@ -124,6 +125,11 @@ def build(args: argparse.Namespace, extra: list[str] | None = None) -> tuple[Any
     callbacks = [cb for cb in cli.trainer.callbacks if isinstance(cb, ExplainCallback)]
     if args.class_defaults:
         callbacks = [ProbeHeatmaps(), WorstSamples(), ConfusionMatrix()]
+    if args.only:
+        callbacks = [cb for cb in callbacks if type(cb).__name__ in args.only]
+        missing = set(args.only) - {type(cb).__name__ for cb in callbacks}
+        if missing:
+            raise SystemExit(f"--only: the recipe has no {', '.join(sorted(missing))} callback")
     return cli.model, cli.datamodule, callbacks
 
 
@@ -270,6 +276,7 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "recipe": args.recipe,
         "settings": "class defaults" if args.class_defaults else "as the recipe sets them",
+        "callbacks": sorted(share_rows[0]["callback_s"]),
         "training_thread_share_pct": round(100 * callback_s / max(training_s, 1e-9), 3),
         "share_pct_by_callback": per_callback,
         "callback_s_per_fit": round(callback_s / len(share_rows), 3),
@@ -298,6 +305,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="demo")
     parser.add_argument("--data-root", default="../shared/data/leaf-shapes", help="the plant recipe's photos")
     parser.add_argument("--class-defaults", action="store_true", help="the callbacks at their class defaults")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="CALLBACK",
+        help="measure only these of the recipe's callbacks (class names), e.g. the three pictures callbacks",
+    )
     parser.add_argument("--epochs", type=int, default=4, help="epochs per fit (the first is not timed)")
     parser.add_argument("--repeats", type=int, default=2, help="fits per side (without/with), alternating")
     parser.add_argument(
