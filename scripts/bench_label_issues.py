@@ -1,9 +1,9 @@
 """Benchmark the label-issue finder: how well each ranking finds flipped labels, and what recording costs.
 
-1. Quality: the shapes demo recipe (configs/shapes_demo.yaml: timm:resnet10t_half, 6 epochs, 5,000 64-px
-   images) trained once per (label_noise, seed) with ``ShapesDataModule(label_noise=p, label_noise_seed=s)``
-   and ``seed_everything(s)``. One training records every training step's logits per sample (a few MB), so
-   every ranking is computed from the same run: the dynamics rankings of
+1. Quality: the shapes demo recipe (configs/shapes_demo.yaml: timm:resnet10t_half, 5,000 64-px images;
+   10 epochs as the README's label-noise command, --epochs 6 as the recipe) trained once per
+   (label_noise, seed) with ``ShapesDataModule(label_noise=p, label_noise_seed=s)`` and ``seed_everything(s)``.
+   One training records every training step's logits per sample (a few MB), so every ranking is computed from the same run: the dynamics rankings of
    :mod:`lit_explain.findings.dynamics` (AUM, cartography confidence, confident learning on the mean
    probabilities) and the cleanlab-style baseline (confident learning on the LAST epoch's in-sample
    probabilities). Printed: precision@k (k = number flipped) and recall@2k (share of the flipped in the top 2k).
@@ -225,7 +225,7 @@ def main() -> None:
     )
     parser.add_argument("--noise", type=float, nargs="+", default=[0.05, 0.10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=10, help="10 as the README trains (the recipe: 6)")
     parser.add_argument("--record-dir", type=Path, default=DEFAULT_RECORDS)
     parser.add_argument("--no-callback", action="store_true", help="record logits only (no TrainingDynamics)")
     parser.add_argument("--cost-only", action="store_true")
