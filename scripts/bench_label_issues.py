@@ -7,7 +7,8 @@
    from the same run: the dynamics rankings of :mod:`lit_explain.findings.dynamics` (AUM, cartography
    confidence, confident learning on the mean probabilities) and the cleanlab-style baseline (confident
    learning on the LAST epoch's in-sample probabilities). Printed: precision@k (k = number flipped) and
-   recall@2k (share of the flipped in the top 2k). The TrainingDynamics callback runs in the same training, so its label_issues.csv is checked against the
+   recall@2k (share of the flipped in the top 2k), and how many the callback flags by default. The
+   TrainingDynamics callback runs in the same training, so its label_issues.csv is checked against the
    offline ranking.
 2. Cost: the callback's per-step update (margin, probability, correctness -> preallocated sums) timed
    against a training step of the recipe, and the bytes it holds at 5,000 and 50,000 training samples.
