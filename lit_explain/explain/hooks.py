@@ -8,8 +8,8 @@ after an exception, every hook is removed and every module gets its own train/ev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import weakref
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from types import TracebackType
 

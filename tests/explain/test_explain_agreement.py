@@ -241,7 +241,10 @@ def test_a_plain_layout_batch_is_explained_as_its_channels_last_copy(which: str)
     x_plain = x_last.contiguous()
     assert not x_plain.is_contiguous(memory_format=torch.channels_last)
     if which == "cam":
-        a, b = cam(model, x_plain, layer="layer3", targets=[1, 5]), cam(model, x_last, layer="layer3", targets=[1, 5])
+        a, b = (
+            cam(model, x_plain, layer="layer3", targets=[1, 5]),
+            cam(model, x_last, layer="layer3", targets=[1, 5]),
+        )
         assert torch.equal(a.maps, b.maps) and torch.equal(a.logits, b.logits)
     else:
         a, b = guided_gradcam(model, x_plain, layer="layer3"), guided_gradcam(model, x_last, layer="layer3")
