@@ -36,6 +36,7 @@ from lit_explain.explain._common import (
     target_scores,
     upsample,
 )
+from lit_explain.explain._true_rows import TrueRows, rows_to_share
 from lit_explain.explain.hooks import LayerCapture
 from lit_explain.explain.layers import LayerSpec, family_layer, resolve_layers, unwrap_model
 from lit_explain.explain.layouts import LayoutSpec, ZeroGradientError, check_layout_spec, detect_layout
@@ -352,33 +353,54 @@ class CAM:
 
     def __call__(self, images: Tensor, targets: Targets = None) -> CAMResult:
         """Explain ``images`` ``[B, C, H, W]`` for ``targets`` (None: argmax, an int, or one per image)."""
+        return self.explain_with_labels(images, targets)[0]
+
+    def explain_with_labels(
+        self, images: Tensor, targets: Targets = None, labels: Tensor | None = None
+    ) -> tuple[CAMResult, TrueRows | None]:
+        """As a call, plus the maps of ``labels`` (int ``[B]``, ``< 0`` unknown) for the rows whose label is
+        not the explained class, made from the same pass's graph where that is cheaper than a pass of their
+        own (see :mod:`lit_explain.explain._true_rows`); None where it is not (or for gradient-free methods).
+        """
         if self.rollout is not None:
             r = attention_rollout(
                 self.model, images, targets, self.rollout, score=self.score, batch_size=self.batch_size
             )
-            return CAMResult(r.maps, r.raw[:, None], r.logits, r.targets, r.layers, r.method)
+            return CAMResult(r.maps, r.raw[:, None], r.logits, r.targets, r.layers, r.method), None
         net = unwrap_model(self.model)
         with grad_session():
             x = prepare_images(images, model_device(net, images))
             layers = resolve_layers(self.model, self.layer, x)
-            parts = [
-                self._explain_slice(net, layers, xs, ts)
-                for xs, ts in split_batch(x, targets, self.batch_size)
-            ]
-        return concat_results(parts)
+            parts, shared, start = [], [], 0
+            for xs, ts in split_batch(x, targets, self.batch_size):
+                rows = None if labels is None else labels[start : start + xs.shape[0]]
+                part, true_rows = self._explain_slice(net, layers, xs, ts, rows)
+                parts.append(part)
+                shared.append((start, true_rows))
+                start += xs.shape[0]
+        return concat_results(parts), TrueRows.concat(shared)
 
     def _explain_slice(
-        self, net: nn.Module, layers: list[tuple[str, nn.Module]], x: Tensor, targets: Targets
-    ) -> CAMResult:
+        self,
+        net: nn.Module,
+        layers: list[tuple[str, nn.Module]],
+        x: Tensor,
+        targets: Targets,
+        labels: Tensor | None,
+    ) -> tuple[CAMResult, TrueRows | None]:
         method = self.method
         assert method is not None
         names = [name for name, _ in layers]
+        true_rows = None
         with LayerCapture(
             self.model, [m for _, m in layers], names=names, graph_from_layer=method.uses_gradients
         ) as cap:
             if method.uses_gradients:
                 logits = cap.forward(x)
                 chosen = resolve_targets(targets, logits)
+                true_rows = true_rows_from_graph(
+                    cap, net, method, x, logits, chosen, labels, self.score, self.fuse, self.layout
+                )
                 grads: Sequence[Tensor | None] = cap.gradients(
                     target_scores(logits, chosen, self.score).sum()
                 )
@@ -390,9 +412,10 @@ class CAM:
             cap.recording = False  # scorecam's masked forwards must not overwrite the capture
             acts = [a.detach() for a in cap.activations if a is not None]
             acts, grads = apply_layouts(net, names, acts, grads, tuple(x.shape[-2:]), self.layout)
-            return build_result(
+            result = build_result(
                 net, method, x, acts, grads, logits.detach(), chosen, names, self.score, self.fuse
             )
+            return result, true_rows
 
     def __repr__(self) -> str:
         method = self.method if self.rollout is None else self.rollout
@@ -464,6 +487,33 @@ def apply_layouts(
         acts.append(layout(act))
         grads.append(None if grad is None else layout(grad))
     return acts, grads
+
+
+def true_rows_from_graph(
+    cap: LayerCapture,
+    net: nn.Module,
+    method: CAMMethod,
+    x: Tensor,
+    logits: Tensor,
+    chosen: Tensor,
+    labels: Tensor | None,
+    score: str,
+    fuse: str,
+    layout: LayoutSpec,
+) -> TrueRows | None:
+    """The maps of ``labels`` for the misclassified rows, from the graph of ``cap``'s forward pass (kept for
+    the caller's own backward passes), when :func:`~lit_explain.explain._true_rows.rows_to_share` says so."""
+    rows = rows_to_share(labels, chosen)
+    if rows is None:
+        return None
+    wanted = labels.to(chosen.device)[rows]  # type: ignore[union-attr]
+    grads = cap.gradients(target_scores(logits[rows], wanted, score).sum(), retain_graph=True)
+    acts = [a.detach()[rows] for a in cap.activations if a is not None]
+    acts, picked = apply_layouts(net, cap.names, acts, [g[rows] for g in grads], tuple(x.shape[-2:]), layout)
+    result = build_result(
+        net, method, x.detach()[rows], acts, picked, logits.detach()[rows], wanted, cap.names, score, fuse
+    )
+    return TrueRows(rows=rows, maps=result.maps)
 
 
 def concat_results(parts: Sequence[CAMResult]) -> CAMResult:

@@ -37,6 +37,7 @@ from lit_explain.explain._common import (
     split_batch,
     target_scores,
 )
+from lit_explain.explain._true_rows import TrueRows
 from lit_explain.explain.cam import (
     DEFAULT_BATCH_SIZE,
     CAMMethod,
@@ -46,6 +47,7 @@ from lit_explain.explain.cam import (
     check_batch_size,
     concat_results,
     get_method,
+    true_rows_from_graph,
 )
 from lit_explain.explain.hooks import LayerCapture
 from lit_explain.explain.layers import LayerSpec, resolve_layers, unwrap_model
@@ -184,7 +186,7 @@ def guided_backprop(
     with grad_session():
         x = prepare_images(images, model_device(net, images))
         parts = [
-            _guided_pass(model, xs, ts, score, [], None, "mean", None, allow_no_relu)[1]
+            _guided_pass(model, xs, ts, score, [], None, "mean", None, allow_no_relu, None)[1]
             for xs, ts in split_batch(x, targets, batch_size)
         ]
     return torch.cat(parts)
@@ -230,19 +232,56 @@ def guided_gradcam(
     check_layout_spec(reshape if reshape is not None else layout)
     if fuse not in ("mean", "max"):
         raise ValueError(f"fuse must be 'mean' or 'max', got {fuse!r}")
-    cam_method = get_method(method, chunk_size)
+    spec = reshape if reshape is not None else layout
+    return guided_gradcam_with_labels(
+        model,
+        images,
+        None,
+        layer,
+        targets,
+        get_method(method, chunk_size),
+        score,
+        fuse,
+        batch_size,
+        spec,
+        allow_no_relu,
+    )[0]
+
+
+def guided_gradcam_with_labels(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor | None,
+    layer: LayerSpec | Sequence[str | nn.Module] = None,
+    targets: Targets = None,
+    method: CAMMethod | None = None,
+    score: Score = "logit",
+    fuse: str = "mean",
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    layout: LayoutSpec = None,
+    allow_no_relu: bool = False,
+) -> tuple[GuidedGradCAMResult, TrueRows | None]:
+    """:func:`guided_gradcam` (arguments checked, ``method`` an instance; None: Grad-CAM), plus the maps of
+    ``labels`` (int ``[B]``, ``< 0`` unknown) for the rows whose label is not the explained class, made from
+    the same forward pass where that is cheaper than a pass of their own (see
+    :mod:`lit_explain.explain._true_rows`); None where it is not.
+    """
+    cam_method = method if method is not None else get_method("gradcam")
     net = unwrap_model(model)
     with grad_session():
         x = prepare_images(images, model_device(net, images))
         layers = resolve_layers(model, layer, x)
-        spec = reshape if reshape is not None else layout
-        parts = [
-            _guided_pass(model, xs, ts, score, layers, cam_method, fuse, spec, allow_no_relu)
-            for xs, ts in split_batch(x, targets, batch_size)
-        ]
+        parts, shared, start = [], [], 0
+        for xs, ts in split_batch(x, targets, batch_size):
+            rows = None if labels is None else labels[start : start + xs.shape[0]]
+            part = _guided_pass(model, xs, ts, score, layers, cam_method, fuse, layout, allow_no_relu, rows)
+            parts.append(part)
+            shared.append((start, part[2]))
+            start += xs.shape[0]
     result = concat_results([p[0] for p in parts if p[0] is not None])
     backprop = torch.cat([p[1] for p in parts])
-    return GuidedGradCAMResult(guided=backprop * result.maps, backprop=backprop, cam=result)
+    guided = GuidedGradCAMResult(guided=backprop * result.maps, backprop=backprop, cam=result)
+    return guided, TrueRows.concat(shared)
 
 
 def _no_relu_error(net: nn.Module) -> NoReluError:
@@ -271,8 +310,10 @@ def _guided_pass(
     fuse: str,
     layout: LayoutSpec,
     allow_no_relu: bool,
-) -> tuple[CAMResult | None, Tensor]:
-    """One slice: ``(CAM result or None, guided input gradient)`` from a single forward pass."""
+    labels: Tensor | None,
+) -> tuple[CAMResult | None, Tensor, TrueRows | None]:
+    """One slice: ``(CAM result or None, guided input gradient, true-class rows or None)`` from a single
+    forward pass."""
     net = unwrap_model(model)
     x = x.detach().requires_grad_(True)
     names = [name for name, _ in layers]
@@ -291,7 +332,11 @@ def _guided_pass(
         chosen = resolve_targets(targets, logits)
         total = target_scores(logits, chosen, score).sum()
         layer_grads: Sequence[Tensor | None] = [None] * len(layers)
+        true_rows = None
         if method is not None and method.uses_gradients:
+            state.guided = False  # CAMs use the plain gradient
+            true_rows = true_rows_from_graph(cap, net, method, x, logits, chosen, labels, score, fuse, layout)
+            state.guided = True
             if state.calls > min(relus_at_capture.values()):
                 state.guided = False
                 layer_grads = cap.gradients(total, retain_graph=True)
@@ -303,11 +348,11 @@ def _guided_pass(
             (backprop,) = torch.autograd.grad(total, [x])
         backprop = backprop.float()
         if method is None:
-            return None, backprop
+            return None, backprop, None
         cap.recording = False
         acts = [a.detach() for a in cap.activations if a is not None]
         acts, layer_grads = apply_layouts(net, names, acts, layer_grads, tuple(x.shape[-2:]), layout)
         result = build_result(
             net, method, x.detach(), acts, layer_grads, logits.detach(), chosen, names, score, fuse
         )
-        return result, backprop
+        return result, backprop, true_rows

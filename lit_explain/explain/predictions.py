@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_explain.explain._common import Targets
-from lit_explain.explain.cam import CAMMethod, CAMResult, cam, get_method
-from lit_explain.explain.guided import NoReluError, guided_gradcam
+from lit_explain.explain._true_rows import TrueRows
+from lit_explain.explain.cam import CAM, CAMMethod, CAMResult, get_method
+from lit_explain.explain.guided import NoReluError, guided_gradcam_with_labels
 from lit_explain.explain.layers import LayerSpec, unwrap_model
 from lit_explain.explain.rollout import is_rollout_method
 from lit_explain.explain.true_class import true_class_maps
@@ -120,13 +121,14 @@ def explain_predictions(
     # Tensors made inside Lightning's inference_mode are inference tensors, which autograd refuses to
     # record even as gather indices; the primitives copy them, and true_class_maps copies the labels.
     with torch.inference_mode(False):
-        predicted, guided_maps = _predicted(model, net, images, layer, targets, method, want_guided)
+        known = None if labels is None else torch.as_tensor(labels).clone()
+        predicted, guided_maps, shared = _predicted(
+            model, net, images, known, layer, targets, method, want_guided
+        )
         true_maps = (
             predicted.maps
-            if labels is None
-            else true_class_maps(
-                model, images, torch.as_tensor(labels), predicted, layer=layer, method=method
-            )
+            if known is None
+            else true_class_maps(model, images, known, predicted, layer=layer, method=method, shared=shared)
         )
     logits = predicted.logits.float()
     raw = predicted.raw[0] if isinstance(predicted.raw, tuple) else predicted.raw
@@ -147,15 +149,19 @@ def _predicted(
     model: nn.Module,
     net: nn.Module,
     images: Tensor,
+    labels: Tensor | None,
     layer: LayerSpec | Sequence[str | nn.Module],
     targets: Targets,
     method: str | CAMMethod,
     want_guided: bool,
-) -> tuple[CAMResult, Tensor | None]:
-    """The CAM of ``targets`` and, when wanted and possible, Guided Grad-CAM from the same forward pass."""
+) -> tuple[CAMResult, Tensor | None, TrueRows | None]:
+    """The CAM of ``targets``, when wanted and possible Guided Grad-CAM, and the true-class maps of the
+    misclassified rows where they are cheaper from the same forward pass (see ``_true_rows``)."""
     if want_guided:
         try:
-            result = guided_gradcam(model, images, layer=layer, targets=targets, method=method)
+            result, shared = guided_gradcam_with_labels(
+                model, images, labels, layer=layer, targets=targets, method=get_method(method)
+            )
         except NoReluError as err:
             _NETS_WITHOUT_RELU.add(net)
             # "column is left out" is what the callbacks' users see: their panels lose that column.
@@ -165,5 +171,6 @@ def _predicted(
                 stacklevel=3,
             )
         else:
-            return result.cam, result.guided
-    return cam(model, images, layer=layer, targets=targets, method=method), None
+            return result.cam, result.guided, shared
+    predicted, shared = CAM(model, layer, method).explain_with_labels(images, targets, labels)
+    return predicted, None, shared

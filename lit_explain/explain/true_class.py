@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_explain.explain._true_rows import TrueRows
 from lit_explain.explain.cam import CAMResult, cam
 from lit_explain.explain.layers import LayerSpec
 
@@ -26,6 +27,7 @@ def true_class_maps(
     predicted: CAMResult,
     layer: LayerSpec | Sequence[str | nn.Module] = None,
     method: str = "gradcam",
+    shared: TrueRows | None = None,
 ) -> Tensor:
     """The ``[B, 1, H, W]`` maps for ``labels``, reusing ``predicted.maps`` where ``predicted.targets == labels``.
 
@@ -39,6 +41,8 @@ def true_class_maps(
             first, since autograd refuses to record one even as a gather index).
         predicted: :func:`~lit_explain.explain.cam` result for the predicted classes (or any targets).
         layer / method: as given to :func:`~lit_explain.explain.cam` for ``predicted``.
+        shared: maps of some of these rows already made from the predicted pass's graph (see
+            :mod:`lit_explain.explain._true_rows`); only the other misclassified rows get a pass here.
 
     Example:
         >>> net = torchvision.models.resnet18(num_classes=3).eval()          # doctest: +SKIP
@@ -48,7 +52,11 @@ def true_class_maps(
     with torch.inference_mode(False):
         labels = labels.to(predicted.targets.device).clone()
         true_maps = predicted.maps.clone()
-        wrong = torch.nonzero((labels >= 0) & (predicted.targets != labels)).flatten()
+        missing = (labels >= 0) & (predicted.targets != labels)
+        if shared is not None:
+            true_maps[shared.rows] = shared.maps.to(true_maps.dtype)
+            missing[shared.rows] = False
+        wrong = torch.nonzero(missing).flatten()
         if wrong.numel():
             rows = images[wrong.to(images.device)]
             true_maps[wrong] = cam(model, rows, layer=layer, targets=labels[wrong], method=method).maps

@@ -12,6 +12,7 @@ from torchvision.models import resnet18
 
 import lit_explain.explain.predictions as predictions
 from lit_explain.explain import cam, explain_predictions, guided_gradcam
+from lit_explain.explain._true_rows import SHARE_FROM
 
 LAYER = "layer3"
 TOL = {"atol": 1e-5, "rtol": 1e-4}
@@ -76,13 +77,16 @@ def test_agrees_with_separate_cam_and_guided_gradcam_calls(setup) -> None:
     assert e.layers == (LAYER,) and e.raw_size == (3, 3)
 
 
-def test_true_class_maps_cost_one_pass_over_the_misclassified_rows_only(setup) -> None:
+def test_many_misclassified_rows_get_their_true_class_maps_from_the_same_forward_pass(setup) -> None:
     net, images, preds, labels = setup
     with _Forwards(net) as forwards:
         e = explain_predictions(net, images, labels, layer=LAYER)
-    # One forward for the predicted-class CAM and Guided Grad-CAM together, one over the 3 wrong rows.
-    assert forwards.sizes == [6, 3]
+    # 3 of 6 rows are wrong (SHARE_FROM or more): one more backward pass over the predicted pass's graph.
+    assert forwards.sizes == [6]
     assert torch.equal(e.true_maps[1::2], e.pred_maps[1::2])
+    torch.testing.assert_close(
+        e.true_maps[0::2], cam(net, images[0::2], layer=LAYER, targets=labels[0::2]).maps, **TOL
+    )
     with _Forwards(net) as forwards:
         right = explain_predictions(net, images, preds, layer=LAYER)
         no_labels = explain_predictions(net, images, layer=LAYER)
@@ -92,13 +96,28 @@ def test_true_class_maps_cost_one_pass_over_the_misclassified_rows_only(setup) -
     )
 
 
+@pytest.mark.parametrize("guided", [True, False])
+def test_few_misclassified_rows_get_a_pass_of_their_own(setup, guided: bool) -> None:
+    net, images, preds, _ = setup
+    labels = preds.clone()
+    labels[3] = (preds[3] + 1) % 4  # 1 of 6 wrong: under SHARE_FROM
+    assert SHARE_FROM * len(labels) > 1
+    with _Forwards(net) as forwards:
+        e = explain_predictions(net, images, labels, layer=LAYER, guided=guided)
+    assert forwards.sizes == [6, 1]
+    torch.testing.assert_close(
+        e.true_maps[3:4], cam(net, images[3:4], layer=LAYER, targets=labels[3:4]).maps, **TOL
+    )
+    assert torch.equal(e.true_maps[:3], e.pred_maps[:3]) and torch.equal(e.true_maps[4:], e.pred_maps[4:])
+
+
 def test_unknown_labels_get_the_predicted_class_map(setup) -> None:
     net, images, _, labels = setup
     labels = labels.clone()
     labels[:2] = -1  # row 0 was wrong, row 1 right; unknown now
     with _Forwards(net) as forwards:
         e = explain_predictions(net, images, labels, layer=LAYER, guided=False)
-    assert forwards.sizes == [6, 2]  # rows 2 and 4 only
+    assert forwards.sizes == [6]  # rows 2 and 4 only, from the same pass (2 of 6 >= SHARE_FROM)
     assert torch.equal(e.true_maps[:2], e.pred_maps[:2])
     torch.testing.assert_close(
         e.true_maps[2:], cam(net, images[2:], layer=LAYER, targets=labels[2:]).maps, **TOL
@@ -119,7 +138,7 @@ def test_fused_layers_go_through_the_same_single_pass(setup) -> None:
     layers = ["layer3", "layer4"]
     with _Forwards(net) as forwards:
         e = explain_predictions(net, images, labels, layer=layers)
-    assert forwards.sizes == [6, 3]
+    assert forwards.sizes == [6]  # the true-class maps of the 3 wrong rows from the same pass too
     torch.testing.assert_close(e.guided, guided_gradcam(net, images, layer=layers).guided, **TOL)
     torch.testing.assert_close(e.pred_maps, cam(net, images, layer=layers).maps, **TOL)
     torch.testing.assert_close(e.true_maps, cam(net, images, layer=layers, targets=labels).maps, **TOL)
