@@ -25,7 +25,7 @@ from lit_explain.callbacks.settings import (
 from lit_explain.compat import callback_state_key
 from lit_explain.data.batch import batch_indices, split_batch
 from lit_explain.errors import ConfigError
-from lit_explain.explain import cam
+from lit_explain.explain import cam, fast_layout
 from lit_explain.findings import record_findings
 from lit_explain.findings.dynamics import (
     CSV_COLUMNS,
@@ -378,7 +378,7 @@ class TrainingDynamics(ExplainCallback):
             # One engine call for both targets: the images twice, given labels then suggested ones.
             result = cam(
                 net,
-                torch.cat([images, images]).clone(),
+                fast_layout(torch.cat([images, images]).clone()),  # channels-last on the CPU: faster
                 layer=layers,
                 targets=torch.cat([given, suggested]).to(pl_module.device),
                 method=self.cam_method,

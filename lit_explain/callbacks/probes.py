@@ -24,7 +24,7 @@ from lit_explain.callbacks.shared_maps import remember
 from lit_explain.compat import callback_state_key
 from lit_explain.data.batch import split_batch
 from lit_explain.errors import ConfigError
-from lit_explain.explain import explain_predictions
+from lit_explain.explain import explain_predictions, fast_layout
 from lit_explain.explain.metrics import drift, energy_pointing_game, pointing_game
 from lit_explain.render.pages import display_images, page_tags, render_pages
 from lit_explain.sinks import log_hparams
@@ -328,6 +328,8 @@ class ProbeHeatmaps(ExplainCallback):
             # Cloned outside inference mode: the cache outlives the loop that first builds it.
             with torch.inference_mode(False):
                 self._batch = {k: v.to(pl_module.device).clone() for k, v in batch.items()}
+                # Explained every epoch: in the layout the engine runs fastest (channels-last on the CPU).
+                self._batch["image"] = fast_layout(self._batch["image"])
         return self._batch
 
     def _choose(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[int] | list[str]:

@@ -21,7 +21,7 @@ from lit_explain.callbacks.topk import TopK, TopKSamples
 from lit_explain.compat import callback_state_key
 from lit_explain.data.batch import batch_indices, split_batch
 from lit_explain.errors import ConfigError
-from lit_explain.explain import explain_predictions
+from lit_explain.explain import explain_predictions, fast_layout
 from lit_explain.render import overlay
 from lit_explain.render.pages import display_images, page_tags, render_pages
 from lit_explain.sinks import Picture, Table
@@ -198,7 +198,7 @@ class WorstSamples(ExplainCallback):
         """On the training thread: explain the winners and copy them to the host; the rest is a job."""
         explained = explain_predictions(
             explained_net(pl_module),
-            top.image,
+            fast_layout(top.image),  # channels-last on the CPU: faster, same pictures
             top.label,
             layer=explain_layers(pl_module, self.layer),
             method=self.method,

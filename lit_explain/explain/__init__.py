@@ -37,7 +37,7 @@ from lit_explain.explain.cam import (
     cam,
 )
 from lit_explain.explain.guided import GuidedGradCAMResult, NoReluError, guided_backprop, guided_gradcam
-from lit_explain.explain.hooks import LayerCapture, eval_mode
+from lit_explain.explain.hooks import LayerCapture, eval_mode, fast_layout
 from lit_explain.explain.layers import (
     LayerNotFoundError,
     family_layer,
@@ -100,6 +100,7 @@ __all__ = [
     "explain_predictions",
     "explanation_confidence",
     "family_layer",
+    "fast_layout",
     "guided_applies",
     "guided_backprop",
     "guided_gradcam",

@@ -18,34 +18,48 @@ from torch import Tensor, nn
 
 from lit_explain.explain._state import eval_mode, unwrap_model
 
-__all__ = ["LayerCapture", "channels_last_input", "eval_mode"]
+__all__ = ["LayerCapture", "eval_mode", "fast_layout"]
 
 
-# Networks whose forward failed on a channels-last input (weakly held).
+# Networks whose forward failed on a channels-last batch (weakly held): they get the plain layout.
 _CONTIGUOUS_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
-def channels_last_input(net: nn.Module, args: tuple, kwargs: dict) -> Tensor | None:
-    """The call's one image batch as a channels-last copy when that is worth it, else None.
+def fast_layout(images: Tensor) -> Tensor:
+    """``images`` in the memory layout the engine explains fastest on their device: channels-last on the CPU.
 
-    On the CPU, oneDNN's convolutions run channels-last batches without reordering them: a ResNet's
-    explanation (forward and both backward passes) takes 25-30% less time (timm ResNet-10-T at 64 px,
-    torchvision ResNet-18 at 224 px); ConvNeXt and ViT are unchanged. Only a lone ``[B, C, H, W]``
-    float CPU tensor qualifies, and never for a network that failed on one before.
+    oneDNN runs a channels-last batch's convolutions without reordering it: a ResNet's explanation (forward
+    and both backward passes) takes 10-30% less time (timm ResNet-10-T at 64 px, torchvision ResNet-18 at
+    224 px); ConvNeXt and ViT are unchanged. The values are the same; the float rounding of the network's
+    sums is not, so a result can differ from one made from the plain layout (or by pytorch-grad-cam or captum)
+    by rounding, and where a ReLU's input is within rounding of 0, by more. The engine itself keeps the
+    caller's layout for that reason; the training callbacks, whose pictures only need to be right, use this.
+    A network whose forward cannot take a channels-last batch (it ``.view()``s its input) is run on the plain
+    layout instead, from its first failure on.
 
     Example:
-        >>> net = nn.Conv2d(3, 4, 3)
-        >>> channels_last_input(net, (torch.randn(2, 3, 8, 8),), {}).is_contiguous(memory_format=torch.channels_last)
+        >>> fast_layout(torch.randn(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
         True
+        >>> fast_layout(torch.randn(2, 8)).shape  # no image batch: as given
+        torch.Size([2, 8])
     """
-    if kwargs or len(args) != 1 or net in _CONTIGUOUS_ONLY:
-        return None
-    x = args[0]
-    if not isinstance(x, Tensor) or x.ndim != 4 or x.device.type != "cpu" or not x.is_floating_point():
-        return None
-    if x.shape[1] == 1 or x.is_contiguous(memory_format=torch.channels_last):
-        return None  # one channel: both layouts are the same memory
-    return x.contiguous(memory_format=torch.channels_last)
+    if (
+        images.ndim != 4
+        or images.device.type != "cpu"
+        or not images.is_floating_point()
+        or images.shape[1] == 1  # one channel: both layouts are the same memory
+    ):
+        return images
+    return images.contiguous(memory_format=torch.channels_last)
+
+
+def _is_channels_last(x: object) -> bool:
+    return (
+        isinstance(x, Tensor)
+        and x.ndim == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 class LayerCapture:
@@ -139,21 +153,25 @@ class LayerCapture:
     def forward(self, *args: object, **kwargs: object) -> Tensor:
         """Run the (unwrapped) model and check that every layer was captured; returns its output.
 
-        A single image batch on the CPU goes in as channels-last (see :func:`channels_last_input`); the
-        copy is part of the graph, so gradients with respect to the caller's tensor are unchanged.
+        A channels-last batch (see :func:`fast_layout`) that the network cannot take is run on the plain
+        layout (a copy in the graph: gradients with respect to the caller's tensor are unchanged).
         """
         net = unwrap_model(self.model)
-        fast = channels_last_input(net, args, kwargs)
-        if fast is not None:
-            try:
-                output = self._run(net, (fast,), kwargs)
-            except RuntimeError:
-                # e.g. a model that .view()s its input. Retried as given: an error that was not the
-                # layout's is raised by the retry; otherwise this network keeps the plain layout.
-                output = self._run(net, args, kwargs)
-                _CONTIGUOUS_ONLY.add(net)
-        else:
-            output = self._run(net, args, kwargs)
+        if len(args) == 1 and not kwargs and _is_channels_last(args[0]):
+            if net in _CONTIGUOUS_ONLY:
+                args = (args[0].contiguous(),)
+            else:
+                try:
+                    output = self._run(net, args, kwargs)
+                except RuntimeError:
+                    # e.g. a model that .view()s its input. Retried on the plain layout: an error that was
+                    # not the layout's is raised by the retry; otherwise this network keeps the plain layout.
+                    output = self._run(net, (args[0].contiguous(),), kwargs)
+                    _CONTIGUOUS_ONLY.add(net)
+                return self._checked(output)
+        return self._checked(self._run(net, args, kwargs))
+
+    def _checked(self, output: object) -> Tensor:
         missing = [name for name, act in zip(self.names, self.activations, strict=True) if act is None]
         if missing:
             raise RuntimeError(f"layer(s) {missing} did not run during the forward pass")

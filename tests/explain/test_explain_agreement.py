@@ -11,7 +11,6 @@ What is compared, and why:
 - Grad-CAM raw maps against captum's LayerGradCam(relu_attributions=True), at the layer resolution.
 - Guided backprop against captum's GuidedBackprop, which only overrides nn.ReLU modules: DenseNet's
   final functional relu is compared through a module-relu twin (see explain_helpers.ModuleReluDenseNet).
-- Every image batch is channels-last (see _images).
 """
 
 from __future__ import annotations
@@ -54,12 +53,7 @@ BATCHES = {"b1-argmax": (1, None), "b3-per-sample": (3, [1, 5, 9])}
 
 
 def _images(batch: int, size: tuple[int, int] = SIZE) -> torch.Tensor:
-    # Channels-last, the layout the engine runs CPU batches in: the peers then do the same float arithmetic.
-    # (From a plain-layout batch the two forwards differ by rounding, and with these random weights a ReLU
-    # input within rounding of 0 gates differently: VGG's classifier, DenseNet. That the engine's result does
-    # not depend on the caller's layout is tested below.)
-    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(batch))
-    return x.contiguous(memory_format=torch.channels_last)
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(batch))
 
 
 def _peer_targets(targets: list[int] | None, kind=ClassifierOutputTarget):
@@ -231,21 +225,3 @@ def test_guided_backprop_on_a_silu_network_is_refused_unless_waived() -> None:
     ours = guided_backprop(model, x, targets=[1, 5], allow_no_relu=True)
     theirs = GuidedBackprop(model).attribute(x.clone().requires_grad_(True), target=[1, 5])
     assert _max_diff(ours, theirs) <= TOL * max(1.0, float(theirs.abs().max()))
-
-
-@pytest.mark.parametrize("which", ["cam", "guided_gradcam"])
-def test_a_plain_layout_batch_is_explained_as_its_channels_last_copy(which: str) -> None:
-    # The engine hands CPU batches to the network channels-last (faster convolutions): the caller's layout
-    # must not change any result, so the peers' agreement above holds for plain batches too.
-    model, x_last = shared_model("resnet18"), _images(2)
-    x_plain = x_last.contiguous()
-    assert not x_plain.is_contiguous(memory_format=torch.channels_last)
-    if which == "cam":
-        a, b = (
-            cam(model, x_plain, layer="layer3", targets=[1, 5]),
-            cam(model, x_last, layer="layer3", targets=[1, 5]),
-        )
-        assert torch.equal(a.maps, b.maps) and torch.equal(a.logits, b.logits)
-    else:
-        a, b = guided_gradcam(model, x_plain, layer="layer3"), guided_gradcam(model, x_last, layer="layer3")
-        assert torch.equal(a.guided, b.guided) and torch.equal(a.cam.maps, b.cam.maps)
