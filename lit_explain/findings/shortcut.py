@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_explain.explain import cam, eval_mode
+from lit_explain.explain import cam, eval_mode, fast_layout
 from lit_explain.findings.store import Finding
 from lit_explain.render import overlay, panel_grid
 
@@ -102,9 +102,16 @@ def shortcut_sample(datamodule: Any, size: int = 48, split: str = "val") -> tupl
 def predicted_maps(
     net: nn.Module, images: Tensor, layer: str | Sequence[str] | None = None, method: str = "layercam"
 ) -> tuple[Tensor, Tensor]:
-    """Predicted-class maps ``[N, 1, H, W]`` and logits ``[N, num_classes]`` of ``net``, in one engine call."""
+    """Predicted-class maps ``[N, 1, H, W]`` and logits ``[N, num_classes]`` of ``net``, in one engine call.
+
+    The batch goes in channels-last on the CPU (:func:`~lit_explain.explain.fast_layout`), as ProbeHeatmaps
+    explains it, so the callback decides the same from its own maps as from the probes' shared ones.
+    """
     result = cam(
-        net, images, layer=layer if layer is None or isinstance(layer, str) else list(layer), method=method
+        net,
+        fast_layout(images),
+        layer=layer if layer is None or isinstance(layer, str) else list(layer),
+        method=method,
     )
     return result.maps, result.logits
 

@@ -77,3 +77,29 @@ def test_the_alarm_reuses_the_probes_maps_and_decides_the_same(
     calls.clear()
     _fit(tmp_path / "other", [ProbeHeatmaps(per_class=8, max_probes=48, method="gradcam"), ShortcutAlarm()])
     assert calls == [1, 1]  # another method: the alarm explains on its own
+
+
+def test_the_callbacks_explain_channels_last_cpu_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fast_layout: faster convolutions on the CPU, the same pictures (explain/test_memory_layout.py).
+    from callback_helpers import fit_shapes
+
+    from lit_explain.callbacks import WorstSamples
+    from lit_explain.callbacks import probes as probes_module
+    from lit_explain.callbacks import worst as worst_module
+
+    layouts: dict[str, list[bool]] = {"probes": [], "worst": []}
+
+    def recording(name: str, original):
+        def explain(net, images, *args, **kwargs):
+            layouts[name].append(images.is_contiguous(memory_format=torch.channels_last))
+            return original(net, images, *args, **kwargs)
+
+        return explain
+
+    for name, module in (("probes", probes_module), ("worst", worst_module)):
+        monkeypatch.setattr(module, "explain_predictions", recording(name, module.explain_predictions))
+    callbacks = [ProbeHeatmaps(per_class=1, max_probes=6, layer="layer3"), WorstSamples(k=4, layer="layer3")]
+    fit_shapes(tmp_path, callbacks, epochs=2, train_size=32, val_size=32)
+    assert layouts == {"probes": [True, True], "worst": [True, True]}  # one explanation per epoch each
