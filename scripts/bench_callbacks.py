@@ -19,8 +19,7 @@ without them, and the memory they hold versus the validation-set size.
     python scripts/bench_callbacks.py --recipe demo --repeats 0 --paired 6   # wall ratio, epochs interleaved
     python scripts/bench_callbacks.py --recipe demo --only ProbeHeatmaps WorstSamples ConfusionMatrix ShortcutAlarm
     python scripts/bench_callbacks.py --recipe plant --data-root ../shared/data/leaf-shapes   # weights: null
-    python scripts/bench_callbacks.py --recipe cifar --accelerator gpu    # CIFAR-100 from --cifar-dir, else a
-        # synthetic set in its on-disk layout (scripts/make_cifar100_fixture.py, 50,000 + 10,000 images)
+    python scripts/bench_callbacks.py --recipe cifar --accelerator gpu    # needs the CIFAR-100 files
     python scripts/bench_callbacks.py --loggers tensorboard csv --repeats 3   # time inside the callbacks:
         # TensorBoard alone vs TensorBoard + the other loggers (each picture is encoded once for all)
 """
@@ -32,9 +31,7 @@ import itertools
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -117,27 +114,7 @@ def recipe_args(args: argparse.Namespace) -> list[str]:
         out += ["--model.weights=null", f"--data.init_args.root={args.data_root}"]
     if args.recipe == "demo" and args.train_size:
         out += [f"--data.init_args.train_size={args.train_size}"]
-    if args.recipe == "cifar":
-        data_dir, real = cifar_dir(args)
-        out += [f"--data.init_args.data_dir={data_dir}", "--data.init_args.download=false"]
-        out += [] if real else ["--data.init_args.verify_checksums=false"]
     return out + list(args.override)
-
-
-def cifar_dir(args: argparse.Namespace) -> tuple[str, bool]:
-    """The CIFAR-100 folder, and whether it is the real dataset: ``--cifar-dir`` when it holds
-    ``cifar-100-python/``, else a synthetic set of the same size and layout written once under ``--log-dir``
-    (epoch times depend on the number and size of the images, not on what they show)."""
-    if (Path(args.cifar_dir) / "cifar-100-python").is_dir():
-        return args.cifar_dir, True
-    synthetic = Path(args.log_dir) / "synthetic_cifar100"
-    if not (synthetic / "cifar-100-python").is_dir():
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from make_cifar100_fixture import write_cifar100
-
-        print(f"no CIFAR-100 in {args.cifar_dir}: writing a synthetic set in its layout to {synthetic}")
-        write_cifar100(synthetic, train_per_class=500, test_per_class=100)
-    return str(synthetic), False
 
 
 def build(args: argparse.Namespace, extra: list[str] | None = None) -> tuple[Any, Any, list[L.Callback]]:
@@ -327,7 +304,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="demo")
     parser.add_argument("--data-root", default="../shared/data/leaf-shapes", help="the plant recipe's photos")
-    parser.add_argument("--cifar-dir", default="data", help="the cifar recipe's data_dir (CIFAR-100 files)")
     parser.add_argument("--class-defaults", action="store_true", help="the callbacks at their class defaults")
     parser.add_argument(
         "--only",
@@ -345,7 +321,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--override", nargs="*", default=[], help="extra LightningCLI arguments")
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        action="extend",
+        default=[],
+        help="extra LightningCLI arguments (repeatable: --override=--a=1 --override=--b=2)",
+    )
     parser.add_argument("--log-dir", default="lightning_logs/bench_callbacks")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument(
