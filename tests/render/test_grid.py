@@ -149,3 +149,21 @@ def test_colorbar_runs_from_the_low_to_the_high_colour_with_labels() -> None:
     assert ramp[2, 3] > ramp[0, 3] and ramp[0, -4] > ramp[2, -4]  # jet: blue on the left, red on the right
     labels = bar[:, 2 + 12 :]
     assert (labels != WHITE).any()
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 5])
+def test_cells_are_upscaled_by_repeating_pixels_as_nearest_interpolation_does(factor: int) -> None:
+    # 2 and 4 repeat bytes by one multiply of wider integers; the others by repeat_interleave.
+    from lit_explain.render.grid import _repeat_columns
+
+    cells = torch.randint(0, 256, (2, 3, 3, 5, 7), dtype=torch.uint8)
+    assert torch.equal(_repeat_columns(cells, factor), cells.repeat_interleave(factor, dim=-1))
+    # Reference: every cell upscaled by F.interpolate first, then laid out without upscaling.
+    big = torch.nn.functional.interpolate(cells.flatten(0, 1), scale_factor=factor, mode="nearest")
+    big = big.view(2, 3, 3, 5 * factor, 7 * factor)
+    rows: list[list[torch.Tensor | None]] = [list(row) for row in cells]
+    assert torch.equal(panel_grid(rows, min_cell=5 * factor, pad=1), panel_grid(big, min_cell=0, pad=1))
+    # A blank cell (None) is left background, as a white cell would be.
+    rows[1][1] = None
+    big[1, 1] = 255
+    assert torch.equal(panel_grid(rows, min_cell=5 * factor, pad=1), panel_grid(big, min_cell=0, pad=1))
