@@ -8,13 +8,15 @@ worst validation samples most are, once a model has learned few are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["SHARE_FROM", "TrueRows", "rows_to_share"]
+from lit_explain.explain._common import Targets, split_batch
+
+__all__ = ["SHARE_FROM", "TrueRows", "labelled_slices", "rows_to_share"]
 
 SHARE_FROM = 0.25
 """Share of misclassified rows from which their maps come from the predicted pass's graph. Measured on timm's
@@ -56,3 +58,19 @@ def rows_to_share(labels: Tensor | None, explained: Tensor) -> Tensor | None:
     if wrong.numel() == 0 or wrong.numel() < SHARE_FROM * labels.numel():
         return None
     return wrong
+
+
+def labelled_slices(
+    images: Tensor, targets: Targets, labels: Tensor | None, batch_size: int | None
+) -> Iterator[tuple[int, Tensor, Targets, Tensor | None]]:
+    """:func:`~lit_explain.explain._common.split_batch`'s slices with the position of each slice's first row
+    and its labels (None without labels), for passes that return :class:`TrueRows` to :meth:`TrueRows.concat`.
+
+    Example:
+        >>> [(start, len(x), y.tolist()) for start, x, _, y in labelled_slices(torch.zeros(5, 1), None, torch.arange(5), 2)]
+        [(0, 2, [0, 1]), (2, 2, [2, 3]), (4, 1, [4])]
+    """
+    start = 0
+    for xs, ts in split_batch(images, targets, batch_size):
+        yield start, xs, ts, None if labels is None else labels[start : start + xs.shape[0]]
+        start += xs.shape[0]

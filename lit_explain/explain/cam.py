@@ -32,11 +32,10 @@ from lit_explain.explain._common import (
     no_autocast,
     prepare_images,
     resolve_targets,
-    split_batch,
     target_scores,
     upsample,
 )
-from lit_explain.explain._true_rows import TrueRows, rows_to_share
+from lit_explain.explain._true_rows import TrueRows, labelled_slices, rows_to_share
 from lit_explain.explain.hooks import LayerCapture
 from lit_explain.explain.layers import LayerSpec, family_layer, resolve_layers, unwrap_model
 from lit_explain.explain.layouts import LayoutSpec, ZeroGradientError, check_layout_spec, detect_layout
@@ -371,13 +370,11 @@ class CAM:
         with grad_session():
             x = prepare_images(images, model_device(net, images))
             layers = resolve_layers(self.model, self.layer, x)
-            parts, shared, start = [], [], 0
-            for xs, ts in split_batch(x, targets, self.batch_size):
-                rows = None if labels is None else labels[start : start + xs.shape[0]]
+            parts, shared = [], []
+            for start, xs, ts, rows in labelled_slices(x, targets, labels, self.batch_size):
                 part, true_rows = self._explain_slice(net, layers, xs, ts, rows)
                 parts.append(part)
                 shared.append((start, true_rows))
-                start += xs.shape[0]
         return concat_results(parts), TrueRows.concat(shared)
 
     def _explain_slice(

@@ -37,7 +37,7 @@ from lit_explain.explain._common import (
     split_batch,
     target_scores,
 )
-from lit_explain.explain._true_rows import TrueRows
+from lit_explain.explain._true_rows import TrueRows, labelled_slices
 from lit_explain.explain.cam import (
     DEFAULT_BATCH_SIZE,
     CAMMethod,
@@ -271,13 +271,11 @@ def guided_gradcam_with_labels(
     with grad_session():
         x = prepare_images(images, model_device(net, images))
         layers = resolve_layers(model, layer, x)
-        parts, shared, start = [], [], 0
-        for xs, ts in split_batch(x, targets, batch_size):
-            rows = None if labels is None else labels[start : start + xs.shape[0]]
+        parts, shared = [], []
+        for start, xs, ts, rows in labelled_slices(x, targets, labels, batch_size):
             part = _guided_pass(model, xs, ts, score, layers, cam_method, fuse, layout, allow_no_relu, rows)
             parts.append(part)
             shared.append((start, part[2]))
-            start += xs.shape[0]
     result = concat_results([p[0] for p in parts if p[0] is not None])
     backprop = torch.cat([p[1] for p in parts])
     guided = GuidedGradCAMResult(guided=backprop * result.maps, backprop=backprop, cam=result)
